@@ -1,0 +1,225 @@
+"""Blocks shared by every model family (spec section 1).
+
+Conventions: tokens are (B, N, C), grids (B, H, W, C). Parameters are float32;
+matmuls run in `dtype` (the compute dtype); LayerNorm, softmax and the residual
+stream stay float32 so that LayerScale updates of 1e-5 survive bfloat16.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# timm / official init: trunc-normal(0.02) weights, zero biases.
+dense_init = nnx.initializers.truncated_normal(stddev=0.02)
+
+
+def linear(cin, cout, *, dtype, rngs, use_bias=True):
+  return nnx.Linear(cin, cout, use_bias=use_bias, dtype=dtype,
+                    kernel_init=dense_init, rngs=rngs)
+
+
+def layer_norm(dim, *, eps, rngs):
+  # Two-pass variance: PyTorch's LayerNorm does not use E[x^2] - E[x]^2.
+  return nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32,
+                       use_fast_variance=False, rngs=rngs)
+
+
+def gelu(x):
+  return jax.nn.gelu(x, approximate=False)  # PyTorch nn.GELU() is the erf form.
+
+
+def attention(q, k, v, bias=None):
+  """Scaled dot-product attention on (B, N, h, d) tensors.
+
+  Returns the output (B, Nq, h, d) and the weights (B, h, Nq, Nk). `bias` is
+  added to the logits (broadcast to (B, h, Nq, Nk)); softmax runs in float32.
+  """
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias
+  weights = jax.nn.softmax(logits, axis=-1)
+  out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
+  return out, weights
+
+
+class Mlp(nnx.Module):
+  """Linear(C, hC) -> GELU -> Linear(hC, C)."""
+
+  def __init__(self, dim, hidden, *, dtype, rngs, drop=0.0):
+    self.fc1 = linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = linear(hidden, dim, dtype=dtype, rngs=rngs)
+    self.drop = nnx.Dropout(drop, rngs=rngs)
+
+  def __call__(self, x, *, train):
+    x = self.drop(gelu(self.fc1(x)), deterministic=not train)
+    return self.drop(self.fc2(x), deterministic=not train)
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth: drops the whole residual branch per sample."""
+
+  def __init__(self, rate, *, rngs):
+    self.rate = float(rate)
+    self.rngs = rngs['dropout'].fork() if self.rate > 0 else nnx.data(None)
+
+  def __call__(self, x, *, train):
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Self-attention with the fused qkv Linear of timm / Swin checkpoints."""
+
+  def __init__(self, dim, num_heads, *, dtype, rngs, qkv_bias=True):
+    self.num_heads = num_heads
+    self.qkv = linear(dim, 3 * dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.proj = linear(dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, bias=None):
+    b, n, c = x.shape
+    q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3, self.num_heads, -1), 3, axis=2)
+    out, weights = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], bias)
+    return self.proj(out.reshape(b, n, c)), weights
+
+
+class CrossAttention(nnx.Module):
+  """Spec's `Attn(q_in, kv_in)`: separate q and kv Linears (official STViT)."""
+
+  def __init__(self, dim, num_heads, *, dtype, rngs, qkv_bias=True):
+    self.num_heads = num_heads
+    self.q = linear(dim, dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.kv = linear(dim, 2 * dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.proj = linear(dim, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, y):
+    b, n, c = x.shape
+    q = self.q(x).reshape(b, n, self.num_heads, -1)
+    kv = self.kv(y).reshape(b, y.shape[1], 2, self.num_heads, -1)
+    out, weights = attention(q, kv[:, :, 0], kv[:, :, 1])
+    return self.proj(out.reshape(b, n, c)), weights
+
+
+class Block(nnx.Module):
+  """Pre-norm ViT block with fused qkv (timm `Block`): the DeiT layers."""
+
+  def __init__(self, dim, num_heads, *, mlp_ratio=4.0, drop_path=0.0, eps=1e-6,
+               dtype, rngs):
+    self.norm1 = layer_norm(dim, eps=eps, rngs=rngs)
+    self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
+    self.norm2 = layer_norm(dim, eps=eps, rngs=rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+    self.drop_path = DropPath(drop_path, rngs=rngs)
+
+  def __call__(self, x, *, train):
+    a, _ = self.attn(self.norm1(x))
+    x = x + self.drop_path(a, train=train)
+    return x + self.drop_path(self.mlp(self.norm2(x), train=train), train=train)
+
+
+def layer_scale(dim, init):
+  """Per-channel residual scale (`layer_scale_*`); a `None` init means none."""
+  return None if init is None else nnx.Param(jnp.full((dim,), init, jnp.float32))
+
+
+def scaled(gamma, x):
+  return x if gamma is None else x * gamma
+
+
+class SBlock(nnx.Module):
+  """The official STViT `Block`: pre-norm cross attention with LayerScale.
+
+  `SBlock(x, y)`: x queries LN1(y) (y = x for self-attention); the same LN1
+  normalises both. With `local_window=w` the tokens form a square grid and
+  self-attention runs inside w x w windows.
+  """
+
+  def __init__(self, dim, num_heads, *, mlp_ratio=4.0, drop_path=0.0,
+               layer_scale_init=1e-5, local_window=None, eps=1e-6, dtype, rngs):
+    self.local_window = local_window
+    self.layer_scale_1 = layer_scale(dim, layer_scale_init)
+    self.layer_scale_2 = layer_scale(dim, layer_scale_init)
+    self.norm1 = layer_norm(dim, eps=eps, rngs=rngs)
+    self.attn = CrossAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+    self.norm2 = layer_norm(dim, eps=eps, rngs=rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+    self.drop_path = DropPath(drop_path, rngs=rngs)
+
+  def __call__(self, x, y=None, *, train):
+    """Returns the updated x and the attention weights (B, h, Nx, Ny)."""
+    if self.local_window is not None:
+      if y is not None:
+        raise ValueError('a local SBlock does self-attention only; got a separate y')
+      a, weights = self._local_attention(self.norm1(x))
+    else:
+      xn = self.norm1(x)
+      a, weights = self.attn(xn, xn if y is None else self.norm1(y))
+    x = x + self.drop_path(scaled(self.layer_scale_1, a), train=train)
+    mlp = self.mlp(self.norm2(x), train=train)
+    return x + self.drop_path(scaled(self.layer_scale_2, mlp), train=train), weights
+
+  def _local_attention(self, x):
+    b, n, c = x.shape
+    side, w = square_side(n, 'local SBlock tokens'), self.local_window
+    if side % w:
+      raise ValueError(f'local_window={w} must divide the {side}x{side} token grid')
+    windows = window_partition(x.reshape(b, side, side, c), w)
+    a, weights = self.attn(windows, windows)
+    a = window_reverse(a.reshape(-1, w, w, c), w, side, side).reshape(b, n, c)
+    return a, weights.reshape(b, -1, *weights.shape[1:])
+
+
+def square_side(n, what):
+  side = int(round(n ** 0.5))
+  if side * side != n:
+    raise ValueError(f'{what}: {n} is not a square number of tokens')
+  return side
+
+
+def window_partition(x, w):
+  """(B, H, W, C) -> (B * H/w * W/w, w*w, C), windows in raster order."""
+  b, h, wd, c = x.shape
+  x = x.reshape(b, h // w, w, wd // w, w, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(-1, w * w, c)
+
+
+def window_reverse(windows, w, h, wd):
+  """Inverse of `window_partition`: (B*nW, w, w, C) or (B*nW, w*w, C) -> (B, H, W, C)."""
+  c = windows.shape[-1]
+  x = windows.reshape(-1, h // w, wd // w, w, w, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(-1, h, wd, c)
+
+
+def adaptive_pool_bins(n, k):
+  """PyTorch adaptive pooling bins: bin i covers floor(i*n/k) .. ceil((i+1)*n/k)-1."""
+  return [(i * n // k, -(-(i + 1) * n // k)) for i in range(k)]
+
+
+def adaptive_pool(x, k, kind):
+  """Adaptive avg/max pooling of a (B, H, W, C) grid to (B, k, k, C), PyTorch bins.
+
+  Bins overlap when k does not divide the grid, so a reshape-and-reduce would
+  be wrong; the bins are static, so this unrolls into k*k small reductions.
+  """
+  reduce = {'avg': jnp.mean, 'max': jnp.max}.get(kind)
+  if reduce is None:
+    raise ValueError(f"pooling kind {kind!r} is not one of 'avg', 'max'")
+  rows = adaptive_pool_bins(x.shape[1], k)
+  cols = adaptive_pool_bins(x.shape[2], k)
+  out = [[reduce(x[:, r0:r1, c0:c1], axis=(1, 2)) for c0, c1 in cols] for r0, r1 in rows]
+  return jnp.stack([jnp.stack(r, axis=1) for r in out], axis=1)
+
+
+def drop_path_rates(rate, depth):
+  """Linearly spaced stochastic depth rates, as `torch.linspace(0, rate, depth)`."""
+  return [float(r) for r in np.linspace(0.0, rate, depth)]
+
+
+def check_choice(field, value, valid):
+  if value not in valid:
+    raise ValueError(f'{field}={value!r} is not valid; choose one of {sorted(valid)}')
