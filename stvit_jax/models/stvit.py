@@ -114,8 +114,8 @@ class STViT(nnx.Module):
     vit.check_image_size(images, self.img_size, type(self).__name__)
     x = self.patch_embed(images)
     if self.class_token:
-      x = jnp.concatenate([jnp.broadcast_to(self.cls_token.value, (x.shape[0], 1, x.shape[-1])), x], 1)
-    x = self.pos_drop(x + self.pos_embed.value, deterministic=not train)
+      x = jnp.concatenate([jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1])), x], 1)
+    x = self.pos_drop(x + self.pos_embed[...], deterministic=not train)
     for block in self.blocks[:self.num_base_layers]:
       x = block(x, train=train)
     cls, x = (x[:, :1], x[:, 1:]) if self.class_token else (None, x)
@@ -143,7 +143,7 @@ class STViT(nnx.Module):
     return self.head(pooled), aux
 
   def _global_init(self, cls):
-    g = self.global_init.value
+    g = self.global_init[...]
     if cls is not None:  # the class token gets no global init
       g = jnp.concatenate([jnp.zeros_like(g[:, :1]), g], 1)
     return g

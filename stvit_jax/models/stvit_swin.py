@@ -181,7 +181,7 @@ class SemanticStage(nnx.Module):
         s, weights = block(x, train=train)
         aux['stgm_attn'].append(weights)
       elif role == 'stgm2':
-        q = s + self.global_init.value if (self.global_init is not None and i < UNIT) else s
+        q = s + self.global_init[...] if (self.global_init is not None and i < UNIT) else s
         s, weights = block(q, jnp.concatenate([s, x], 1), train=train)
         aux['stgm_attn'].append(weights)
         aux['semantic_tokens'].append(s)

@@ -62,7 +62,7 @@ class WindowAttention(layers.Attention):
   def __call__(self, windows, mask=None):
     """windows (B*nW, w*w, C); mask (nW, w*w, w*w) or None."""
     n = self.window ** 2
-    bias = self.relative_position_bias_table.value[self.relative_position_index.reshape(-1)]
+    bias = self.relative_position_bias_table[...][self.relative_position_index.reshape(-1)]
     bias = bias.reshape(n, n, -1).transpose(2, 0, 1)[None]  # (1, h, N, N)
     if mask is not None:
       nw = mask.shape[0]

@@ -68,9 +68,9 @@ class VisionTransformer(nnx.Module):
   def __call__(self, images, *, train=False):
     check_image_size(images, self.img_size, type(self).__name__)
     x = self.patch_embed(images)
-    prefix = [self.cls_token.value] + ([self.dist_token.value] if self.distilled else [])
+    prefix = [self.cls_token[...]] + ([self.dist_token[...]] if self.distilled else [])
     prefix = [jnp.broadcast_to(t, (x.shape[0], 1, x.shape[-1])) for t in prefix]
-    x = self.pos_drop(jnp.concatenate(prefix + [x], axis=1) + self.pos_embed.value,
+    x = self.pos_drop(jnp.concatenate(prefix + [x], axis=1) + self.pos_embed[...],
                       deterministic=not train)
     for block in self.blocks:
       x = block(x, train=train)
