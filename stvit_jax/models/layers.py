@@ -6,6 +6,8 @@ stream stay float32 so that LayerScale updates of 1e-5 survive bfloat16.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -223,3 +225,20 @@ def drop_path_rates(rate, depth):
 def check_choice(field, value, valid):
   if value not in valid:
     raise ValueError(f'{field}={value!r} is not valid; choose one of {sorted(valid)}')
+
+
+def static_table(fn):
+  """Caches a numpy index / mask table that is a function of ints.
+
+  Tables are built at trace time and never stored on modules: a numpy
+  attribute would become an NNX data leaf (state, checkpoints, jit inputs).
+  """
+  cached = functools.lru_cache(maxsize=None)(fn)
+
+  @functools.wraps(fn)
+  def table(*args):
+    out = cached(*args)
+    out.setflags(write=False)
+    return out
+  return table
+

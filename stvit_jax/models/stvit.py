@@ -23,6 +23,16 @@ def window_padding(n, k):
   return total // 2, total - total // 2
 
 
+@layers.static_table
+def padding_bias(grid, k):
+  """(k*k, s*s) additive bias: -100 on the zero padding of each pooling window."""
+  pad = window_padding(grid, k)
+  padded = grid + sum(pad)
+  valid = np.zeros((1, padded, padded, 1), np.float32)
+  valid[:, pad[0]:pad[0] + grid, pad[0]:pad[0] + grid] = 1
+  return (1 - layers.window_partition(valid, padded // k)[..., 0]) * -100.0
+
+
 class WeightedPool(nnx.Module):
   """Intra-window score-weighted pooling [reconstructed, spec section 3].
 
@@ -38,12 +48,7 @@ class WeightedPool(nnx.Module):
                            dtype=dtype, rngs=rngs)
     self.norm = layers.layer_norm(dim, eps=1e-6, rngs=rngs)
     self.score = nnx.Conv(dim, 1, (1, 1), use_bias=False, dtype=dtype, rngs=rngs)
-    padded = grid + sum(self.pad)
-    valid = np.zeros((padded, padded), np.float32)
-    valid[self.pad[0]:self.pad[0] + grid, self.pad[0]:self.pad[0] + grid] = 1
-    self.window = padded // k
-    # (1, k*k, s*s, 1) additive mask, static: a numpy constant, not state.
-    self.pad_bias = (1 - layers.window_partition(valid[None, :, :, None], self.window)) * -100.0
+    self.grid, self.window = grid, (grid + sum(self.pad)) // k
 
   def __call__(self, grid):
     """(B, n, n, C) -> (B, k*k, C) centres and the (B, k*k, s*s) pooling weights."""
@@ -51,7 +56,8 @@ class WeightedPool(nnx.Module):
     x = jnp.pad(grid, ((0, 0), self.pad, self.pad, (0, 0)))
     s = self.score(layers.gelu(self.norm(self.dwconv(x)))).astype(jnp.float32)
     s = layers.window_partition(s, self.window).reshape(b, self.k * self.k, -1, 1)
-    w = jax.nn.softmax(s + self.pad_bias.reshape(1, self.k * self.k, -1, 1), axis=2)
+    pad_bias = padding_bias(self.grid, self.k).reshape(1, self.k * self.k, -1, 1)
+    w = jax.nn.softmax(s + pad_bias, axis=2)
     tokens = layers.window_partition(x, self.window).reshape(b, self.k * self.k, -1, c)
     return jnp.sum(w * tokens, axis=2), w[..., 0]
 

@@ -28,6 +28,7 @@ KEY_WINDOW, KEY_STRIDE = 10, 4  # official F.unfold(kernel_size=10, stride=4)
 UNIT = 6
 
 
+@layers.static_table
 def key_window_index(grid, window):
   """Flat token indices (nW, 100) of the 10x10 / stride-4 key window of each 7x7 window.
 
@@ -92,7 +93,7 @@ class WindowSemanticInit(nnx.Module):
   def __init__(self, dim, num_heads, grid, *, window, tokens_per_window, mlp_ratio,
                drop_path, layer_scale_init, residual=False, dtype, rngs):
     self.grid, self.window, self.t, self.residual = grid, window, tokens_per_window, residual
-    self.key_index = key_window_index(grid, window)
+    key_window_index(grid, window)  # fails early for grids other than 14x14
     self.layer_scale_1 = layers.layer_scale(dim, layer_scale_init)
     self.layer_scale_2 = layers.layer_scale(dim, layer_scale_init)
     self.norm1 = layers.layer_norm(dim, eps=1e-5, rngs=rngs)
@@ -100,6 +101,11 @@ class WindowSemanticInit(nnx.Module):
     self.norm2 = layers.layer_norm(dim, eps=1e-5, rngs=rngs)
     self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+
+  @property
+  def key_index(self):
+    """(nW, 100) flat indices of each window's 10x10 key patch in the H*W grid."""
+    return key_window_index(self.grid, self.window)
 
   def __call__(self, x, *, train):
     """x (B, H*W, C) -> semantic grid (B, (nw*t)^2, C), weights (B, nW, h, t*t, t*t+100)."""

@@ -20,6 +20,7 @@ VARIANTS = {
 }
 
 
+@layers.static_table
 def relative_position_index(w):
   """(w*w, w*w) index into the (2w-1)^2 bias table, as in the official code."""
   coords = np.stack(np.meshgrid(np.arange(w), np.arange(w), indexing='ij')).reshape(2, -1)
@@ -27,6 +28,7 @@ def relative_position_index(w):
   return rel[..., 0] * (2 * w - 1) + rel[..., 1]
 
 
+@layers.static_table
 def shift_mask(h, w, window, shift):
   """(nW, w*w, w*w) additive mask: -100 between tokens from different regions
   of the cyclically shifted grid, 0 elsewhere (the official SW-MSA mask)."""
@@ -57,12 +59,11 @@ class WindowAttention(layers.Attention):
     self.window = window
     self.relative_position_bias_table = nnx.Param(
         layers.dense_init(rngs.params(), ((2 * window - 1) ** 2, num_heads)))
-    self.relative_position_index = relative_position_index(window)
 
   def __call__(self, windows, mask=None):
     """windows (B*nW, w*w, C); mask (nW, w*w, w*w) or None."""
     n = self.window ** 2
-    bias = self.relative_position_bias_table[...][self.relative_position_index.reshape(-1)]
+    bias = self.relative_position_bias_table[...][relative_position_index(self.window).reshape(-1)]
     bias = bias.reshape(n, n, -1).transpose(2, 0, 1)[None]  # (1, h, N, N)
     if mask is not None:
       nw = mask.shape[0]
@@ -85,14 +86,14 @@ class SwinBlock(nnx.Module):
     self.norm2 = layers.layer_norm(dim, eps=1e-5, rngs=rngs)
     self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
-    self.attn_mask = shift_mask(*grid, self.window, self.shift) if self.shift else None
 
   def __call__(self, x, *, train):
     (h, w), c = self.grid, x.shape[-1]
     y = self.norm1(x).reshape(-1, h, w, c)
     if self.shift:
       y = jnp.roll(y, (-self.shift, -self.shift), axis=(1, 2))
-    a, _ = self.attn(layers.window_partition(y, self.window), self.attn_mask)
+    mask = shift_mask(h, w, self.window, self.shift) if self.shift else None
+    a, _ = self.attn(layers.window_partition(y, self.window), mask)
     a = layers.window_reverse(a, self.window, h, w)
     if self.shift:
       a = jnp.roll(a, (self.shift, self.shift), axis=(1, 2))
