@@ -162,7 +162,8 @@ def test_weighted_pooling_padding_gets_no_weight():
 
 
 @pytest.mark.parametrize('call,message', [
-    (lambda: models.create('stvit_r_swin_small', img_size=448), 'img_size=224'),
+    (lambda: models.create('stvit_r_swin_small', img_size=448), 'img_size=224, or .*dense=True'),
+    (lambda: models.create('swin_small', dense=True), 'dense=True exists only for stvit_r_swin'),
     (lambda: models.create('stvit_deit_small', num_semantic=10), 'num_semantic=10'),
     (lambda: models.create('swin_small', img_size=256), 'window_size=7'),
     (lambda: models.create('stvit_deit_small', pooling='median'), "'weighted'"),

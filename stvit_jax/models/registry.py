@@ -10,7 +10,7 @@ import inspect
 import jax.numpy as jnp
 from flax import nnx
 
-from stvit_jax.models import stvit, stvit_swin, swin, vit
+from stvit_jax.models import stvit, stvit_r_dense, stvit_swin, swin, vit
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -45,9 +45,9 @@ def names():
   return list(MODELS)
 
 
-def options(name):
-  """Constructor arguments that `create(name, ...)` accepts, with defaults."""
-  cls, variant = _lookup(name)
+def options(name, dense=False):
+  """Constructor arguments that `create(name, dense=dense, ...)` accepts, with defaults."""
+  cls, variant = _lookup(name, dense)
   found = {}
   for klass in reversed(cls.__mro__):  # subclasses pass **kwargs up to SwinTransformer
     if '__init__' in vars(klass):
@@ -58,23 +58,32 @@ def options(name):
   return found
 
 
-def _lookup(name):
+def _lookup(name, dense=False):
   if name not in MODELS:
     raise ValueError(f'unknown model {name!r}; valid names: {", ".join(names())}')
-  return MODELS[name]
+  cls, variant = MODELS[name]
+  if dense:  # detection / segmentation backbone with the same parameters (spec 4, dense mode)
+    valid = [n for n, (c, v) in MODELS.items() if c is stvit_swin.STViTSwin and v['recovery']]
+    if name not in valid:
+      raise ValueError(f'dense=True exists only for {", ".join(valid)}; got {name!r}')
+    cls = stvit_r_dense.STViTRDense
+  return cls, variant
 
 
-def create(name, *, rngs=None, seed=0, dtype='float32', **overrides):
+def create(name, *, rngs=None, seed=0, dtype='float32', dense=False, **overrides):
   """Builds model `name` with float32 parameters and `dtype` compute.
 
+  `dense=True` (STViT-R only) gives the detection / segmentation backbone:
+  any input size, multi-scale `aux['stage_features']`, same parameters.
   `rngs` defaults to `nnx.Rngs(params=seed, dropout=seed + 1)`.
   """
-  cls, variant = _lookup(name)
+  cls, variant = _lookup(name, dense)
   if dtype not in DTYPES:
     raise ValueError(f'dtype={dtype!r} is not valid; choose one of {sorted(DTYPES)}')
-  unknown = sorted(set(overrides) - set(options(name)))
+  valid = options(name, dense)
+  unknown = sorted(set(overrides) - set(valid))
   if unknown:
     raise ValueError(f'{name} has no option(s) {unknown}; valid options: '
-                     f'{", ".join(sorted(options(name)))}')
+                     f'{", ".join(sorted(valid))}')
   rngs = rngs or nnx.Rngs(params=seed, dropout=seed + 1)
   return cls(**{**variant, **overrides}, dtype=DTYPES[dtype], rngs=rngs)
