@@ -1,0 +1,67 @@
+"""Data and Mixup/CutMix defaults: the paper's recipe (spec section 7, DeiT/timm).
+
+Trainer configs call these and override fields, e.g.
+`config.data = defaults.data_config()`; `config.data.data_dir = 'gs://bucket/tfds'`.
+"""
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def data_config(name='imagenet2012'):
+  """Input pipeline fields. `name='stvit_digits'` gives the CPU quickstart preset."""
+  c = ml_collections.ConfigDict()
+  c.name = 'imagenet2012'       # any TFDS image/label dataset; 'stvit_digits' ships with the package
+  c.data_dir = None             # None: TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR); may be gs://
+  c.train_split = 'train'
+  c.eval_split = 'validation'
+  c.image_size = 224
+  # train: timm RandomResizedCrop (inception crop) + horizontal flip
+  c.crop_scale = (0.08, 1.0)
+  c.crop_ratio = (3 / 4, 4 / 3)
+  c.hflip = 0.5
+  # eval: resize the shorter side to floor(image_size / crop_pct), centre crop image_size
+  c.crop_pct = 0.875
+  c.interpolation = 'bicubic'   # bicubic | bilinear | nearest | area (resizes; RandAugment warps: bilinear)
+  c.randaugment = 'rand-m9-mstd0.5-inc1'  # timm policy string; '' disables
+  # timm semantics: colour jitter is skipped while RandAugment is on, unless forced.
+  c.color_jitter = 0.4
+  c.force_color_jitter = False
+  c.reprob = 0.25               # random erasing probability (timm mode 'pixel', one box)
+  c.mean = IMAGENET_MEAN
+  c.std = IMAGENET_STD
+  c.shuffle_buffer = 10_000     # undecoded records per process
+  c.cache = False               # keep this process's undecoded train records in memory
+  c.prefetch = 2                # batches
+  if name == 'imagenet2012':
+    return c
+  if name != 'stvit_digits':
+    raise ValueError(f"data_config(name={name!r}): presets exist for 'imagenet2012' and "
+                     "'stvit_digits'; for another TFDS dataset start from 'imagenet2012' "
+                     'and set .name')
+  # 1,797 8x8 digits stored at 32x32: mild crops, no flips, light regularisation.
+  c.name = 'stvit_digits'
+  c.eval_split = 'test'
+  c.image_size = 32
+  c.crop_scale = (0.6, 1.0)
+  c.hflip = 0.0
+  c.crop_pct = 1.0
+  c.interpolation = 'bilinear'
+  c.randaugment = ''
+  c.color_jitter = 0.0
+  c.reprob = 0.0
+  c.shuffle_buffer = 2048
+  c.cache = True
+  return c
+
+
+def mixup_config():
+  """timm Mixup(mode='batch') fields; alpha 0 disables that branch, prob 0 disables both."""
+  c = ml_collections.ConfigDict()
+  c.mixup_alpha = 0.8
+  c.cutmix_alpha = 1.0
+  c.prob = 1.0                  # chance that a batch is mixed at all
+  c.switch_prob = 0.5           # chance of CutMix instead of Mixup when both are on
+  c.label_smoothing = 0.1
+  return c

@@ -1,0 +1,257 @@
+"""TFDS input pipelines: per-process shards, deterministic and resumable by step.
+
+The batch for global step t depends only on (config, seed, t, process layout):
+epoch e = t // steps_per_epoch is a fresh tf.data pipeline whose file order and
+shuffle use seed f(seed, e); already consumed records are skipped before they
+are decoded; every example's augmentation is seeded by (seed, e, process,
+position in the epoch). So resuming is rebuilding with `start_step`.
+"""
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from stvit_jax.data import augment
+from stvit_jax.data import digits
+from stvit_jax.data import preprocess
+
+try:  # tf.data must not take accelerator memory from JAX
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # TF already initialised its devices
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  num_train: int
+  num_eval: int
+
+
+# ---------------------------------------------------------------- builder and checks
+
+
+def _check_config(cfg):
+  def bad(field, valid):
+    return ValueError(f'data.{field}={cfg[field]!r} is invalid: expected {valid}')
+
+  if not isinstance(cfg.image_size, int) or cfg.image_size < 1:
+    raise bad('image_size', 'a positive int')
+  if not 0 < cfg.crop_pct <= 1:
+    raise bad('crop_pct', 'a float in (0, 1], e.g. 0.875 (resize 256, crop 224)')
+  if cfg.interpolation not in preprocess.INTERPOLATIONS:
+    raise bad('interpolation', f'one of {preprocess.INTERPOLATIONS}')
+  for field in ('hflip', 'reprob'):
+    if not 0 <= cfg[field] <= 1:
+      raise bad(field, 'a probability in [0, 1]')
+  if cfg.color_jitter < 0:
+    raise bad('color_jitter', 'a float >= 0 (0 disables)')
+  lo, hi = cfg.crop_scale
+  if not 0 < lo <= hi <= 1:
+    raise bad('crop_scale', '(min, max) with 0 < min <= max <= 1')
+  lo, hi = cfg.crop_ratio
+  if not 0 < lo <= hi:
+    raise bad('crop_ratio', '(min, max) aspect ratios with 0 < min <= max')
+  for field in ('mean', 'std'):
+    if len(cfg[field]) != 3:
+      raise bad(field, 'three per-channel values in [0, 1] units')
+  if cfg.shuffle_buffer < 1:
+    raise bad('shuffle_buffer', 'an int >= 1')
+  if cfg.randaugment:
+    try:
+      augment.parse_policy(cfg.randaugment)
+    except ValueError as e:
+      raise ValueError(f'data.{e}') from None
+
+
+def _missing_message(builder, cfg):
+  root = cfg.data_dir or tfds.core.constants.DATA_DIR
+  head = (f'TFDS dataset {builder.name!r} is not prepared in data.data_dir={root!r} '
+          f'(nothing at {builder.data_path}). ')
+  if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+    return head + (
+        'It cannot be downloaded automatically. Put the files below in a manual_dir:\n'
+        f'  {" ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}\n'
+        f'then build it once with `tfds build {builder.name} '
+        f'--manual_dir=/path/to/manual_dir --data_dir={root}` and point data.data_dir at '
+        'that data_dir (local or gs://).')
+  return head + (f'Build it once with `tfds build {builder.name} --data_dir={root}`, '
+                 'or set data.data_dir to where it is already prepared (local or gs://).')
+
+
+def get_builder(cfg):
+  """A prepared TFDS builder for cfg.name; stvit_digits builds itself on first use."""
+  if cfg.name == digits.NAME:
+    return digits.prepared_builder(cfg.data_dir)
+  try:
+    builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"data.name={cfg.name!r} is not a TFDS dataset; use 'imagenet2012', "
+                     f"'{digits.NAME}' or another TFDS image classification dataset") from e
+  if not builder.is_prepared():
+    raise FileNotFoundError(_missing_message(builder, cfg))
+  features = builder.info.features
+  if 'image' not in features or 'label' not in features:
+    raise ValueError(f'data.name={cfg.name!r} has features {list(features)}; '
+                     "an 'image' and a 'label' feature are needed")
+  return builder
+
+
+def _num_examples(builder, split, field='split'):
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    raise ValueError(f'data.{field}={split!r} is not a split of {builder.name!r}; '
+                     f'available: {sorted(builder.info.splits.keys())}') from e
+
+
+def _is_jpeg(builder):
+  return getattr(builder.info.features['image'], 'encoding_format', None) == 'jpeg'
+
+
+def dataset_info(cfg):
+  _check_config(cfg)
+  builder = get_builder(cfg)
+  return DatasetInfo(
+      num_classes=builder.info.features['label'].num_classes,
+      num_train=_num_examples(builder, cfg.train_split, 'train_split'),
+      num_eval=_num_examples(builder, cfg.eval_split, 'eval_split'))
+
+
+# ---------------------------------------------------------------- sharding
+
+
+def process_split(split, process_index, process_count, *, drop_remainder):
+  """This process's contiguous, even share of `split` (a TFDS sub-split)."""
+  return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
+
+
+def _layout(global_batch_size, process_index, process_count):
+  p = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
+  if global_batch_size < n or global_batch_size % n:
+    raise ValueError(f'global_batch_size={global_batch_size} must be a positive multiple of '
+                     f'the process count ({n})')
+  if not 0 <= p < n:
+    raise ValueError(f'process_index={p} must be in [0, process_count={n})')
+  return p, n, global_batch_size // n
+
+
+def _steps(builder, cfg, batch, process_count):
+  shares = [process_split(cfg.train_split, i, process_count, drop_remainder=True)
+            for i in range(process_count)]
+  _num_examples(builder, cfg.train_split, 'train_split')  # clear error for a bad split
+  steps = min(builder.info.splits[s].num_examples for s in shares) // batch
+  if steps < 1:
+    raise ValueError(f'global_batch_size={batch * process_count} is larger than '
+                     f'{cfg.name}:{cfg.train_split} split into {process_count} process shares')
+  return steps
+
+
+def steps_per_epoch(cfg, *, global_batch_size, process_count=None):
+  """(num_train // process_count) // per-process batch; the remainder is dropped each epoch."""
+  _, n, b = _layout(global_batch_size, 0, process_count)
+  return _steps(get_builder(cfg), cfg, b, n)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def _options():
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def _seed(*values):
+  """A stable 31-bit int from ints (numpy SeedSequence)."""
+  return int(np.random.SeedSequence(list(values)).generate_state(1)[0] >> 1)
+
+
+def _read(builder, split, *, shuffle_seed=None):
+  """Undecoded records; files in seeded order when shuffle_seed is given."""
+  read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
+                                options=_options())
+  return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
+                            decoders={'image': tfds.decode.SkipDecoding()},
+                            read_config=read_config)
+
+
+def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0,
+                process_index=0, records=None):
+  """Batches [start_batch, steps) of one epoch of this process's share, as a tf.data.Dataset."""
+  shuffle_seed = _seed(seed, epoch)
+  ds = records if records is not None else _read(builder, split, shuffle_seed=shuffle_seed)
+  ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+  ds = ds.take(steps * batch).enumerate().skip(start_batch * batch)  # skip before decoding
+  base = tf.constant([_seed(seed, epoch, process_index, 1), _seed(seed, epoch, process_index, 2)],
+                     tf.int64)
+  transform = preprocess.train_transform(cfg, _is_jpeg(builder))
+
+  def prep(position, ex):
+    example_seed = tf.random.experimental.stateless_fold_in(base, position)
+    return {'image': transform(ex['image'], example_seed),
+            'label': tf.cast(ex['label'], tf.int32)}
+
+  ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True)
+  return ds.prefetch(cfg.prefetch).with_options(_options())
+
+
+def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=None,
+                   process_count=None):
+  """Infinite iterator of dict(image float32 (b, H, W, 3), label int32 (b,)) from start_step."""
+  _check_config(cfg)
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f'seed={seed!r} must be a non-negative int')
+  p, n, b = _layout(global_batch_size, process_index, process_count)
+  builder = get_builder(cfg)
+  steps = _steps(builder, cfg, b, n)
+  split = process_split(cfg.train_split, p, n, drop_remainder=True)
+  records = None
+  if cfg.cache:  # fill the in-memory cache once; every epoch then shuffles from memory
+    records = _read(builder, split).cache()
+    records.reduce(np.int64(0), lambda count, _: count + 1)
+  epoch, start_batch = divmod(int(start_step), steps)
+
+  def batches():
+    e, j = epoch, start_batch
+    while True:
+      ds = train_epoch(builder, cfg, split=split, epoch=e, seed=seed, batch=b, steps=steps,
+                       start_batch=j, process_index=p, records=records)
+      yield from ds.as_numpy_iterator()
+      e, j = e + 1, 0
+
+  return batches()
+
+
+def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=None):
+  """Finite iterator of dict(image, label, mask float32 (b,)); padding rows have mask 0.
+
+  Every example of cfg.eval_split appears exactly once over all processes, and
+  all processes yield the same number of batches.
+  """
+  _check_config(cfg)
+  p, n, b = _layout(global_batch_size, process_index, process_count)
+  builder = get_builder(cfg)
+  _num_examples(builder, cfg.eval_split, 'eval_split')
+  shares = [process_split(cfg.eval_split, i, n, drop_remainder=False) for i in range(n)]
+  counts = [builder.info.splits[s].num_examples for s in shares]
+  num_batches = math.ceil(max(counts) / b)
+  transform = preprocess.eval_transform(cfg, _is_jpeg(builder))
+  size = cfg.image_size
+
+  ds = _read(builder, shares[p]).map(
+      lambda ex: {'image': transform(ex['image']), 'label': tf.cast(ex['label'], tf.int32),
+                  'mask': tf.constant(1.0)},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  pad = tf.data.Dataset.from_tensors({'image': tf.zeros([size, size, 3]),
+                                      'label': tf.constant(0, tf.int32),
+                                      'mask': tf.constant(0.0)})
+  ds = ds.concatenate(pad.repeat(num_batches * b - counts[p]))
+  ds = ds.batch(b, drop_remainder=True).prefetch(cfg.prefetch).with_options(_options())
+  return ds.as_numpy_iterator()
