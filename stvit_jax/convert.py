@@ -1,0 +1,427 @@
+"""PyTorch state_dicts -> stvit_jax weights, strictly, by name maps per family.
+
+    python -m stvit_jax.convert --model stvit_r_swin_small --src STViT-R-Swin-S.pth --out DIR
+    python -m stvit_jax.convert --model deit_small --src deit_small.safetensors --out DIR \
+        --num_classes 10 --img_size 384          # new head, resized position embedding
+
+Sources: `.pth` / `.pt` (needs `pip install 'stvit_jax[torch]'`; a dict whose
+'model', 'state_dict' or 'model_ema' entry holds the tensors is unwrapped),
+`.safetensors` and `.npz` (no torch). Families and their PyTorch layouts:
+
+  deit_*, stvit_deit_*   timm / facebookresearch DeiT names (`blocks.N.attn.qkv`, `head`, ...)
+  swin_*                 Microsoft (`layers.N.downsample` ends stage N, `head`) or
+                         timm >= 0.9 (downsample starts stage N+1, `head.fc`); --layout auto
+                         tells them apart
+  stvit_r_swin_*,        the authors' STViT-R code: Microsoft Swin names, stem
+  stvit_swin_*           `patch_embed.proj.{0,2}.{c,bn}`, stage 3 `layers.2.blocks.N`
+
+Leaves: Linear weight (out, in) -> kernel (in, out); Conv OIHW -> HWIO; norm
+weight -> scale; BatchNorm running_mean / running_var -> batch_stats mean / var.
+Every source tensor is consumed or ignored by a rule in IGNORED, every model
+weight is filled, and any mismatch stops with all offending names at once.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+
+import numpy as np
+from flax import nnx
+
+from stvit_jax import models, weights
+
+IGNORED = (  # buffers that the JAX models rebuild as numpy constants
+    (re.compile(r'(^|\.)num_batches_tracked$'), 'BatchNorm step counter'),
+    (re.compile(r'(^|\.)relative_position_index$'), 'Swin relative_position_index (rebuilt)'),
+    (re.compile(r'(^|\.)attn_mask$'), 'Swin shifted-window attn_mask (rebuilt)'),
+)
+LAYOUTS = ('auto', 'microsoft', 'timm')
+WRAPPERS = ('model', 'state_dict', 'model_ema')
+FORMATS = ('.pth', '.pt', '.safetensors', '.npz')
+
+
+def _shift_stage(delta):
+  return lambda m: f'layers.{int(m.group(1)) + delta}.downsample.'
+
+
+# Module renames, (source regex, to model, model regex, to source); leaves are
+# translated afterwards. Names not matched by any rule are the same on both sides.
+RULES = {
+    'deit': [],
+    'swin/microsoft': [],
+    'swin/timm': [(r'^layers\.(\d+)\.downsample\.', _shift_stage(-1),
+                   r'^layers\.(\d+)\.downsample\.', _shift_stage(+1)),
+                  (r'^head\.fc\.', 'head.', r'^head\.', 'head.fc.')],
+    'stvit_r': [(r'^patch_embed\.proj\.2\.', 'patch_embed.proj.1.',
+                 r'^patch_embed\.proj\.1\.', 'patch_embed.proj.2.'),
+                (r'^layers\.2\.semantic_token2$', 'layers.2.global_init',
+                 r'^layers\.2\.global_init$', 'layers.2.semantic_token2')],
+}
+FAMILIES = (('stvit_r_swin_', 'stvit_r'), ('stvit_swin_', 'stvit_r'),
+            ('stvit_deit_', 'deit'), ('swin_', 'swin'), ('deit_', 'deit'))
+
+
+class ConversionError(ValueError):
+  """A state_dict that does not fit the model; the message names every offender."""
+
+
+@dataclasses.dataclass
+class Conversion:
+  arrays: dict       # model weight ('params/a.b.kernel') -> np.ndarray in the model's layout
+  consumed: dict     # source name -> model weight
+  ignored: dict      # source name -> reason
+  fresh: list        # model weights left at their initialisation (replaced head)
+  notes: list        # what else was done (casts, resizes)
+
+
+def family_of(name):
+  for prefix, family in FAMILIES:
+    if name.startswith(prefix):
+      return family
+  raise ValueError(f'no name map for model {name!r}; valid models: {", ".join(models.names())}')
+
+
+def detect_layout(state_dict):
+  """'microsoft' or 'timm' from where Swin's downsample layers and head live."""
+  # As timm does: only Microsoft's layout has a downsample in stage 0 (heads may be absent).
+  if any(n.startswith('layers.0.downsample.') for n in state_dict):
+    return 'microsoft'
+  if any(re.match(r'layers\.\d+\.downsample\.', n) for n in state_dict):
+    return 'timm'
+  raise ConversionError("cannot tell the Swin layout: no 'layers.N.downsample' tensors; pass "
+                        "--layout with one of 'microsoft', 'timm'")
+
+
+def rules_for(name, state_dict, layout='auto'):
+  """(rules key, resolved layout) for model `name` and this source."""
+  if layout not in LAYOUTS:
+    raise ValueError(f'layout={layout!r} is not valid; choose one of {list(LAYOUTS)}')
+  family = family_of(name)
+  if family != 'swin':
+    if layout == 'timm':
+      raise ValueError(f"layout='timm' exists only for swin_* models; {name} uses the "
+                       "authors' (Microsoft) layout: use --layout microsoft or auto")
+    return family, 'microsoft' if family == 'stvit_r' else None
+  layout = detect_layout(state_dict) if layout == 'auto' else layout
+  return f'swin/{layout}', layout
+
+
+def _rename(name, rules, forward):
+  for src_re, to_model, model_re, to_src in rules:
+    pattern, repl = (src_re, to_model) if forward else (model_re, to_src)
+    new = re.sub(pattern, repl, name, count=1)
+    if new != name:
+      return new
+  return name
+
+
+def model_name(source, ndim, rules, targets):
+  """Source tensor name -> model weight name ('params/...' or 'batch_stats/...')."""
+  prefix, _, leaf = _rename(source, rules, True).rpartition('.')
+  path = f'{prefix}.' if prefix else ''
+  if leaf == 'running_mean':
+    return f'batch_stats/{path}mean'
+  if leaf == 'running_var':
+    return f'batch_stats/{path}var'
+  if leaf == 'weight':
+    scale = f'params/{path}scale'
+    return scale if scale in targets or (ndim == 1 and f'params/{path}kernel' not in targets) \
+        else f'params/{path}kernel'
+  return f'params/{path}{leaf}'
+
+
+def source_name(target, rules):
+  """Model weight name -> the source tensor name that would fill it."""
+  collection, path = target.split('/', 1)
+  prefix, _, leaf = path.rpartition('.')
+  leaf = {'kernel': 'weight', 'scale': 'weight', 'mean': 'running_mean',
+          'var': 'running_var'}.get(leaf, leaf)
+  return _rename(f'{prefix}.{leaf}' if prefix else leaf, rules, False)
+
+
+def to_model_layout(target, value):
+  if target.endswith('.kernel') and value.ndim == 2:
+    return value.T                       # Linear (out, in) -> (in, out)
+  if target.endswith('.kernel') and value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)   # Conv OIHW -> HWIO
+  return value
+
+
+def _cubic(x, a=-0.5):
+  x = np.abs(x)
+  return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                  np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+
+
+def _resize_matrix(n_in, n_out):
+  """(n_out, n_in) weights of PyTorch's antialiased bicubic interpolation
+  (`F.interpolate(mode='bicubic', antialias=True)`, align_corners=False)."""
+  scale = n_in / n_out
+  support, inv = 2.0 * max(scale, 1.0), 1.0 / max(scale, 1.0)
+  m = np.zeros((n_out, n_in))
+  for i in range(n_out):
+    centre = scale * (i + 0.5)
+    lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+    w = _cubic((np.arange(lo, hi) - centre + 0.5) * inv)
+    m[i, lo:hi] = w / w.sum()
+  return m
+
+
+def resize_pos_embed(pos, num_tokens, num_prefix):
+  """(1, P + g*g, C) -> (1, P + n*n, C): the grid part resized as timm's
+  `resample_abs_pos_embed` does (bicubic, antialias), prefix tokens kept."""
+  prefix, grid = pos[:, :num_prefix], pos[0, num_prefix:]
+  g, n = int(round(grid.shape[0] ** 0.5)), int(round((num_tokens - num_prefix) ** 0.5))
+  if g * g != grid.shape[0] or n * n != num_tokens - num_prefix:
+    raise ConversionError(f'pos_embed: {pos.shape[1]} -> {num_tokens} tokens with '
+                          f'{num_prefix} prefix tokens is not a square grid resize')
+  m = _resize_matrix(g, n)
+  grid = np.einsum('ih,hwc,jw->ijc', m, grid.reshape(g, g, -1).astype(np.float64), m)
+  return np.concatenate([prefix, grid.reshape(1, n * n, -1).astype(pos.dtype)], 1)
+
+
+def _is_head(target):
+  return target.split('/', 1)[1].split('.')[0] in weights.HEADS
+
+
+def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_prefix=None):
+  """Maps `state_dict` ({name: array}) onto `targets` ({model weight: shape}).
+
+  `replace_head`: head tensors of another shape are ignored and the model's
+  head stays fresh. `num_prefix`: resize a `pos_embed` of another grid size
+  (that many class / distillation tokens are kept as they are); None refuses.
+  Raises ConversionError naming every unexpected, missing and mis-shaped tensor.
+  """
+  arrays, consumed, ignored, notes = {}, {}, {}, []
+  unexpected, misshaped, fresh, seen = [], [], set(), set()
+  for src, value in state_dict.items():
+    reason = next((why for pattern, why in IGNORED if pattern.search(src)), None)
+    if reason:
+      ignored[src] = reason
+      continue
+    value = np.asarray(value)
+    tgt = model_name(src, value.ndim, rules, targets)
+    if tgt not in targets:
+      unexpected.append(f'  unexpected: {src} {tuple(value.shape)} (would be {tgt}, '
+                        'which the model does not have)')
+      continue
+    if tgt in arrays:
+      unexpected.append(f'  duplicate: {src} and {next(s for s, t in consumed.items() if t == tgt)}'
+                        f' both map to {tgt}')
+      continue
+    seen.add(tgt)
+    array = to_model_layout(tgt, value)
+    shape = tuple(targets[tgt])
+    if array.shape != shape:
+      if tgt.endswith('pos_embed') and num_prefix is not None and array.shape[2:] == shape[2:]:
+        array = resize_pos_embed(array, shape[1], num_prefix)
+        notes.append(f'{src}: resized {value.shape[1]} -> {shape[1]} tokens (bicubic, antialias)')
+      elif replace_head and _is_head(tgt) and array.shape[:-1] == shape[:-1]:  # classes only
+        ignored[src] = f'head replaced: source {tuple(value.shape)}, model {shape}'
+        fresh.add(tgt)
+        continue
+      else:
+        hint = (' (another resolution: pass img_size to resize it)' if tgt.endswith('pos_embed')
+                else ' (another class count: pass num_classes to replace it)' if _is_head(tgt)
+                else '')
+        misshaped.append(f'  shape mismatch: {src} {tuple(value.shape)} -> {tgt} '
+                         f'{tuple(array.shape)}, the model needs {shape}{hint}')
+        continue
+    if array.dtype.kind == 'f' and array.dtype != np.float32:
+      notes.append(f'{src}: cast {array.dtype} -> float32')
+    if array.dtype.kind not in 'f':
+      misshaped.append(f'  dtype: {src} is {array.dtype}, not a float tensor')
+      continue
+    arrays[tgt] = np.asarray(array, np.float32)
+    consumed[src] = tgt
+  # A replaced head is replaced whole: no fresh kernel beside a loaded bias.
+  heads = {t.rsplit('.', 1)[0] for t in fresh}
+  for tgt in [t for t in arrays if t.rsplit('.', 1)[0] in heads]:
+    src = next(s for s, t in consumed.items() if t == tgt)
+    del arrays[tgt], consumed[src]
+    ignored[src] = 'head replaced'
+    fresh.add(tgt)
+  missing = [f'  missing: {t} {tuple(targets[t])} (expected source tensor '
+             f'{source_name(t, rules)})' for t in targets if t not in seen]
+  problems = unexpected + missing + misshaped
+  if problems:
+    raise ConversionError(f'{len(problems)} problem(s) converting the state_dict:\n'
+                          + '\n'.join(problems))
+  return Conversion(arrays, consumed, ignored, sorted(fresh), notes)
+
+
+def source_classes(state_dict):
+  head = state_dict.get('head.weight', state_dict.get('head.fc.weight'))
+  return None if head is None else int(np.shape(head)[0])
+
+
+def plan(name, state_dict, *, num_classes=None, img_size=None, layout='auto', **overrides):
+  """Converts `state_dict` for model `name` without building it (shapes come from
+  `nnx.eval_shape`); returns (Conversion, constructor kwargs, resolved layout).
+
+  `num_classes` defaults to the source head's; another value gives a fresh
+  head. An `img_size` other than the source's resizes a DeiT position embedding.
+  """
+  rules_key, layout = rules_for(name, state_dict, layout)
+  found = source_classes(state_dict)
+  num_classes = num_classes or found or models.options(name)['num_classes']
+  kwargs = dict(overrides, num_classes=num_classes)
+  if img_size is not None:
+    kwargs['img_size'] = img_size
+  abstract = nnx.eval_shape(lambda: models.create(name, **kwargs))
+  targets = {k: tuple(v.shape) for k, v in weights.flat_variables(abstract).items()}
+  num_prefix = None
+  if img_size is not None and 'params/pos_embed' in targets:
+    grid = abstract.img_size // abstract.patch_embed.patch_size
+    num_prefix = targets['params/pos_embed'][1] - grid * grid
+  conversion = convert_state_dict(
+      state_dict, targets, RULES[rules_key],
+      replace_head=found is not None and num_classes != found, num_prefix=num_prefix)
+  return conversion, kwargs, layout
+
+
+def convert(name, state_dict, **options):
+  """`plan`, then builds model `name` and fills it; returns (model, Conversion, layout).
+  Only the weights in `Conversion.fresh` (a replaced head) keep their initialisation."""
+  conversion, kwargs, layout = plan(name, state_dict, **options)
+  model = models.create(name, **kwargs)
+  for collection, kind in weights.COLLECTIONS.items():
+    for path, var in nnx.to_flat_state(nnx.state(model, kind)):
+      key = f'{collection}/{".".join(map(str, path))}'
+      if key in conversion.arrays:
+        var.set_value(conversion.arrays[key])
+  return model, conversion, layout
+
+
+def load_state_dict(path, key=None):
+  """{name: np.ndarray} from a .pth / .pt / .safetensors / .npz file, and the
+  wrapper key that held it (None when the file is the state_dict itself)."""
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in FORMATS:
+    raise ValueError(f'--src {path}: unknown format {ext!r}; use one of {", ".join(FORMATS)}')
+  if ext == '.npz':
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}, None
+  if ext == '.safetensors':
+    try:
+      from safetensors.numpy import load_file
+    except ImportError:
+      raise ImportError("reading .safetensors needs the safetensors package: "
+                        "pip install 'stvit_jax[torch]' (or pip install safetensors)") from None
+    return load_file(path), None
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(f"reading {ext} files needs PyTorch: pip install 'stvit_jax[torch]'"
+                      ) from None
+  obj = torch.load(path, map_location='cpu', weights_only=True)
+  if key is None and isinstance(obj, dict):
+    key = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
+  if key is not None:
+    if not isinstance(obj, dict) or not isinstance(obj.get(key), dict):
+      raise ValueError(f'--key {key!r}: {path} has no dict entry {key!r}; its top-level '
+                       f'entries are {sorted(obj) if isinstance(obj, dict) else type(obj)}')
+    obj = obj[key]
+  bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+  if bad:
+    raise ValueError(f'{path}: entries {bad[:5]} are not tensors; pick the state_dict with '
+                     f'--key (one of {list(WRAPPERS)})')
+  return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in obj.items()}, key
+
+
+def strip_prefix(state_dict, prefix='module.'):
+  """DataParallel / DDP saves prefix every name with 'module.'; drop it."""
+  if state_dict and all(k.startswith(prefix) for k in state_dict):
+    return {k[len(prefix):]: v for k, v in state_dict.items()}, True
+  return state_dict, False
+
+
+def sha256(path):
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _parse_override(text):
+  k, sep, v = text.partition('=')
+  if not sep or not k:
+    raise argparse.ArgumentTypeError(f'--set {text!r}: expected KEY=VALUE, e.g. drop_path_rate=0.1')
+  try:
+    return k, ast.literal_eval(v)
+  except (ValueError, SyntaxError):
+    return k, v
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m stvit_jax.convert', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--model', required=True, help='registry name, e.g. stvit_r_swin_small')
+  parser.add_argument('--src', required=True, help='source file: ' + ', '.join(FORMATS))
+  parser.add_argument('--out', required=True, help='output directory (orbax + provenance.json)')
+  parser.add_argument('--num_classes', type=int, help='default: the source head; another '
+                      'value gives a freshly initialised head')
+  parser.add_argument('--img_size', type=int, help="default: the model's; DeiT position "
+                      'embeddings are resized to it')
+  parser.add_argument('--layout', default='auto', choices=LAYOUTS, help='Swin name layout')
+  parser.add_argument('--key', help=f'checkpoint entry holding the state_dict (default: the '
+                      f'first of {", ".join(WRAPPERS)} present)')
+  parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                      type=_parse_override, help='other model constructor arguments')
+  args = parser.parse_args(argv)
+  if args.model not in models.names():
+    parser.error(f'--model {args.model!r} is not valid; choose one of {", ".join(models.names())}')
+  if not os.path.isfile(args.src):
+    parser.error(f'--src {args.src!r}: no such file')
+
+  state_dict, key = load_state_dict(args.src, args.key)
+  state_dict, stripped = strip_prefix(state_dict)
+  overrides = dict(args.overrides)
+  for field in ('num_classes', 'img_size'):  # --set img_size=S means --img_size S
+    if field in overrides:
+      if getattr(args, field) is not None:
+        parser.error(f'--{field} and --set {field}=... both given; use --{field}')
+      setattr(args, field, overrides.pop(field))
+  try:
+    model, conv, layout = convert(args.model, state_dict, num_classes=args.num_classes,
+                                  img_size=args.img_size, layout=args.layout, **overrides)
+  except ConversionError as e:
+    sys.exit(f'error: {args.src} does not convert to {args.model}:\n{e}')
+  classes = model.head.out_features
+  options = dict(overrides, num_classes=classes)
+  if args.img_size is not None:
+    options['img_size'] = args.img_size
+  reasons = {}
+  for reason in conv.ignored.values():
+    reasons[reason] = reasons.get(reason, 0) + 1
+  provenance = {
+      'model': args.model, 'num_classes': classes, 'options': options,
+      'source': {'file': os.path.basename(args.src), 'sha256': sha256(args.src),
+                 'format': os.path.splitext(args.src)[1].lstrip('.'), 'key': key,
+                 'layout': layout, 'stripped_module_prefix': stripped,
+                 'tensors': len(state_dict)},
+      'consumed': len(conv.consumed), 'ignored': reasons, 'fresh': conv.fresh,
+      'notes': conv.notes, 'tool': 'stvit_jax.convert',
+  }
+  weights.save_weights(args.out, model, provenance)
+  print(f'{args.src}: {len(state_dict)} tensors, {len(conv.consumed)} consumed, '
+        f'{len(conv.ignored)} ignored' + (f" (from entry '{key}')" if key else ''))
+  for reason, count in sorted(reasons.items()):
+    print(f'  ignored {count:4d} x {reason}')
+  for note in conv.notes:
+    print(f'  {note}')
+  if conv.fresh:
+    print(f'  freshly initialised: {", ".join(conv.fresh)}')
+  print(f'wrote {os.path.abspath(args.out)}')
+  print(json.dumps(provenance, indent=2, sort_keys=True))
+
+
+if __name__ == '__main__':
+  main()
