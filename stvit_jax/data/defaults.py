@@ -33,6 +33,10 @@ def data_config(name='imagenet2012'):
   c.std = IMAGENET_STD
   c.shuffle_buffer = 10_000     # undecoded records per process
   c.cache = False               # keep this process's undecoded train records in memory
+  # 'process': each process reads its own even share (pods, big datasets); 'global':
+  # all read the whole shuffled split and keep their rows of each global batch, so the
+  # batches do not depend on the process count (small datasets, tests).
+  c.shard_by = 'process'
   c.prefetch = 2                # batches
   if name == 'imagenet2012':
     return c
@@ -53,6 +57,7 @@ def data_config(name='imagenet2012'):
   c.reprob = 0.0
   c.shuffle_buffer = 2048
   c.cache = True
+  c.shard_by = 'global'
   return c
 
 

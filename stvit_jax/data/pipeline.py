@@ -5,6 +5,12 @@ epoch e = t // steps_per_epoch is a fresh tf.data pipeline whose file order and
 shuffle use seed f(seed, e); already consumed records are skipped before they
 are decoded; every example's augmentation is seeded by (seed, e, process,
 position in the epoch). So resuming is rebuilding with `start_step`.
+
+`data.shard_by` says how processes share the data: 'process' (each reads its
+own even share of the split: the right thing for ImageNet on a pod) or
+'global' (every process reads the same shuffled stream of the whole split and
+keeps its rows of each global batch, with augmentation seeded by the global
+position: the global batch at step t is then the same for any process count).
 """
 import dataclasses
 import math
@@ -60,6 +66,8 @@ def _check_config(cfg):
       raise bad(field, 'three per-channel values in [0, 1] units')
   if cfg.shuffle_buffer < 1:
     raise bad('shuffle_buffer', 'an int >= 1')
+  if _shard_by(cfg) not in SHARD_BY:
+    raise bad('shard_by', f'one of {SHARD_BY}')
   if cfg.randaugment:
     try:
       augment.parse_policy(cfg.randaugment)
@@ -123,6 +131,12 @@ def dataset_info(cfg):
 
 # ---------------------------------------------------------------- sharding
 
+SHARD_BY = ('process', 'global')
+
+
+def _shard_by(cfg):
+  return cfg.get('shard_by', 'process')  # data configs written before the field existed
+
 
 def process_split(split, process_index, process_count, *, drop_remainder):
   """This process's contiguous, even share of `split` (a TFDS sub-split)."""
@@ -152,8 +166,13 @@ def _steps(builder, cfg, batch, process_count):
 
 
 def steps_per_epoch(cfg, *, global_batch_size, process_count=None):
-  """(num_train // process_count) // per-process batch; the remainder is dropped each epoch."""
+  """(num_train // process_count) // per-process batch; the remainder is dropped each epoch.
+
+  With data.shard_by='global': num_train // global_batch_size, for any process count.
+  """
   _, n, b = _layout(global_batch_size, 0, process_count)
+  if _shard_by(cfg) == 'global':
+    return _steps(get_builder(cfg), cfg, global_batch_size, 1)
   return _steps(get_builder(cfg), cfg, b, n)
 
 
@@ -182,12 +201,20 @@ def _read(builder, split, *, shuffle_seed=None):
 
 
 def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0,
-                process_index=0, records=None):
-  """Batches [start_batch, steps) of one epoch of this process's share, as a tf.data.Dataset."""
+                process_index=0, records=None, keep=(0, 1)):
+  """Batches [start_batch, steps) of one epoch of this process's share, as a tf.data.Dataset.
+
+  keep=(i, n): the stream is of global batches of n * batch records, of which this
+  process keeps rows [i * batch, (i + 1) * batch) (data.shard_by='global').
+  """
   shuffle_seed = _seed(seed, epoch)
   ds = records if records is not None else _read(builder, split, shuffle_seed=shuffle_seed)
   ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-  ds = ds.take(steps * batch).enumerate().skip(start_batch * batch)  # skip before decoding
+  rows = batch * keep[1]
+  ds = ds.take(steps * rows).enumerate().skip(start_batch * rows)  # skip before decoding
+  if keep[1] > 1:
+    mine, size = np.int64(keep[0]), np.int64(batch)
+    ds = ds.filter(lambda position, ex: (position % rows) // size == mine)
   base = tf.constant([_seed(seed, epoch, process_index, 1), _seed(seed, epoch, process_index, 2)],
                      tf.int64)
   transform = preprocess.train_transform(cfg, _is_jpeg(builder))
@@ -210,8 +237,14 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
     raise ValueError(f'seed={seed!r} must be a non-negative int')
   p, n, b = _layout(global_batch_size, process_index, process_count)
   builder = get_builder(cfg)
-  steps = _steps(builder, cfg, b, n)
-  split = process_split(cfg.train_split, p, n, drop_remainder=True)
+  if _shard_by(cfg) == 'global':  # the whole split, global positions: as if one process
+    steps = _steps(builder, cfg, b * n, 1)
+    split = process_split(cfg.train_split, 0, 1, drop_remainder=True)
+    keep, seed_index = (p, n), 0
+  else:
+    steps = _steps(builder, cfg, b, n)
+    split = process_split(cfg.train_split, p, n, drop_remainder=True)
+    keep, seed_index = (0, 1), p
   records = None
   if cfg.cache:  # fill the in-memory cache once; every epoch then shuffles from memory
     records = _read(builder, split).cache()
@@ -222,7 +255,7 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
     e, j = epoch, start_batch
     while True:
       ds = train_epoch(builder, cfg, split=split, epoch=e, seed=seed, batch=b, steps=steps,
-                       start_batch=j, process_index=p, records=records)
+                       start_batch=j, process_index=seed_index, records=records, keep=keep)
       yield from ds.as_numpy_iterator()
       e, j = e + 1, 0
 
