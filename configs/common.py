@@ -1,0 +1,123 @@
+"""Defaults shared by every config: the paper's recipe (spec section 7).
+
+Each `configs/<model>.py` calls `imagenet(...)` or builds on `base(...)` and
+changes only what is specific to it. Variants are the `:arg` of
+`--config=configs/deit_s.py:baseline,runlocal` (comma separated).
+
+Durations are given in epochs (`*_epochs`); `*_steps` of the same name wins
+when set (>= 0; -1 means unset). `stvit_jax.train.schedule_steps` converts
+them, in one place.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from stvit_jax import models
+from stvit_jax.data import defaults as data_defaults
+
+
+def parse_variants(arg, valid):
+  """'baseline,runlocal' -> {'baseline', 'runlocal'}; unknown names are an error."""
+  chosen = {v for v in (arg or '').replace(':', ',').split(',') if v}
+  unknown = chosen - set(valid)
+  if unknown:
+    raise ValueError(f'unknown config variant(s) {sorted(unknown)}; valid: {sorted(valid)}')
+  return chosen
+
+
+def model_config(name, **overrides):
+  """Every constructor option of model `name`, so `--config.model.X=v` can set any of them."""
+  options = {k: v for k, v in models.options(name).items() if k != 'dtype'}
+  unknown = set(overrides) - set(options)
+  if unknown:
+    raise ValueError(f'{name} has no option(s) {sorted(unknown)}; valid: {sorted(options)}')
+  options.update(overrides)
+  # A None default (conv_stem: None = follow `recovery`) would lock the field to NoneType;
+  # a typed placeholder keeps it None and lets --config.model.conv_stem=True override it.
+  cfg = ml_collections.ConfigDict({'name': name, 'dtype': 'float32'})
+  for k, v in options.items():
+    cfg[k] = ml_collections.FieldReference(v, field_type=bool) if v is None else v
+  return cfg
+
+
+def base(model_name, *, dataset, num_classes, img_size, **model_overrides):
+  """The recipe of spec section 7 for `model_name` on `dataset`."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config(model_name, img_size=img_size, num_classes=num_classes,
+                              **model_overrides)
+
+  config.data = data_defaults.data_config(dataset)
+  if config.data.data_dir is None:  # a typed placeholder: --config.data.data_dir=... works
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)
+  config.data.image_size = img_size
+  config.mixup = data_defaults.mixup_config()
+
+  config.batch_size = 1024  # global, over all devices and hosts
+  config.eval_batch_size = 1024
+  config.total_epochs = 300.0
+  config.total_steps = -1
+  config.warmup_epochs = 20.0
+  config.warmup_steps = -1
+  config.eval_every_epochs = 10.0  # and at the end; 0 never evaluates
+  config.eval_every_steps = -1
+  config.checkpoint_every_epochs = 1.0
+  config.checkpoint_every_steps = -1
+  config.log_every_steps = 100
+
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=5e-4,  # at lr_base_batch; scaled linearly with batch_size
+      lr_base_batch=512,
+      warmup_lr=1e-6,
+      min_lr=1e-5,
+      b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.05,
+      grad_clip_norm=5.0,  # 0 disables
+      grad_accum_steps=1,  # micro-batches per optimizer step (scan inside the step)
+  ))
+  config.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights
+
+  config.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True))
+  # Params only, from a converted checkpoint (stvit_jax.weights) or an earlier run's
+  # workdir; a head with another number of classes is replaced by a fresh one.
+  config.init_from = ''
+
+  # Mesh ('data', 'fsdp'); -1 takes the remaining devices. Parameters are placed by
+  # the first matching (regex, rule) on their path; rule 'fsdp' shards the largest
+  # dimension divisible by the fsdp size, 'replicate' replicates.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  config.sharding_rules = (('.*', 'fsdp'),)
+  return config
+
+
+def imagenet(model_name, *, baseline_name, arg, drop_path_rate, extra_variants=None):
+  """ImageNet-1k config of `model_name`; `:baseline` swaps in `baseline_name`.
+
+  `extra_variants` maps further variant names to model names (e.g. 'local').
+  """
+  names = {'baseline': baseline_name, **(extra_variants or {})}
+  chosen = parse_variants(arg, set(names) | {'runlocal'})
+  picked = [names[v] for v in chosen if v in names]
+  if len(picked) > 1:
+    raise ValueError(f'variants {sorted(chosen - {"runlocal"})} each pick a model; choose one')
+  config = base(picked[0] if picked else model_name, dataset='imagenet2012',
+                num_classes=1000, img_size=224, drop_path_rate=drop_path_rate)
+  if 'runlocal' in chosen:
+    runlocal(config)
+  return config
+
+
+def runlocal(config):
+  """The same code on a few examples: a smoke test that runs on a laptop CPU."""
+  config.data.train_split = 'train[:32]'
+  config.data.eval_split = 'validation[:20]'
+  config.data.shuffle_buffer = 32
+  config.data.cache = False
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.total_epochs = 1.0
+  config.warmup_epochs = 0.5
+  config.eval_every_epochs = 1.0
+  config.checkpoint_every_epochs = 1.0
+  config.log_every_steps = 1
+  return config

@@ -1,0 +1,59 @@
+"""Evaluation: top-1, top-5 and loss over a whole split, every example counted once.
+
+The eval iterator pads its last batch and marks padding rows with mask 0
+(data contract); sums are masked on device and the count is checked against
+the split size, so a pipeline that drops or repeats examples fails loudly.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from stvit_jax import sharding
+
+
+def make_eval_step(apply_fn, *, num_classes, mesh, variable_shardings):
+  """jit(eval_step)(variables, batch) -> masked sums {loss, top1, top5, count}.
+
+  `apply_fn(variables, images) -> logits` runs the model in inference mode.
+  """
+  k = min(5, num_classes)
+
+  def eval_step(variables, batch):
+    logits = apply_fn(variables, batch['image']).astype(jnp.float32)
+    labels, valid = batch['label'], batch['mask'] > 0
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    hits = jax.lax.top_k(logits, k)[1] == labels[:, None]
+    return {
+        'loss': jnp.sum(jnp.where(valid, loss, 0.0)),
+        'top1': jnp.sum(valid & hits[:, 0], dtype=jnp.int32),
+        'top5': jnp.sum(valid & jnp.any(hits, axis=1), dtype=jnp.int32),
+        'count': jnp.sum(valid, dtype=jnp.int32),
+    }
+
+  return jax.jit(eval_step,
+                 in_shardings=(variable_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def evaluate(eval_step, variables, batches, mesh, *, expected_count=None):
+  """Runs `eval_step` over the host-local `batches`; returns python numbers.
+
+  Sums stay on device until the end (no host sync per batch); int32 counts
+  are exact.
+  """
+  totals = None
+  for batch in batches:
+    out = eval_step(variables, sharding.to_global(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  if totals is None:
+    raise ValueError('the eval iterator yielded no batches; check config.data.eval_split')
+  totals = jax.tree.map(np.asarray, jax.device_get(totals))
+  count = int(totals['count'])
+  if expected_count is not None and count != expected_count:
+    raise RuntimeError(f'evaluation saw {count} examples but the split has {expected_count}: '
+                       'the eval iterator dropped or repeated examples')
+  return {'top1': int(totals['top1']) / count, 'top5': int(totals['top5']) / count,
+          'loss': float(totals['loss']) / count, 'num_examples': count}

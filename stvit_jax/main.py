@@ -1,0 +1,100 @@
+"""Command line: trains and evaluates a config in a workdir.
+
+  python -m stvit_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
+  python -m stvit_jax.main --config=configs/deit_s.py:baseline --workdir=gs://B/run \
+      --config.batch_size=2048 --config.model.dtype=bfloat16
+
+`--config.a.b=v` overrides any field of the config; unknown fields are an
+error (the config is locked). Rerunning the same command resumes from the
+workdir's latest checkpoint. Several cooperating processes (stvit_jax/distributed.py):
+  python -m stvit_jax.main ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+(or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); on multi-host TPU
+pods STVIT_JAX_INIT=1 (the launch/ scripts set it) detects them.
+"""
+import importlib.machinery
+import logging as std_logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from stvit_jax import distributed
+from stvit_jax import train
+
+FLAGS = flags.FLAGS
+# Config files import `configs.common`: make the checkout that holds this package
+# importable even when the command runs from another directory.
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard '
+                    'summaries (local or gs://).')
+config_flags.DEFINE_config_file('config', None, 'Training configuration file, with an '
+                                'optional :variant suffix.', lock_config=True)
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a '
+                    'multi-process run (default: $JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_integer('num_processes', None, 'Processes in the run (default: $JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (default: '
+                     '$JAX_PROCESS_ID).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv):
+  """FLAGS(argv), naming an unknown `--config.a.b` and the fields valid there.
+
+  (ml_collections reports one as a bare AttributeError / KeyError.)
+  """
+  try:
+    return FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    spec = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
+    if not spec:
+      raise
+    path, _, arg = spec[-1].partition(':')
+    module = importlib.machinery.SourceFileLoader('_config', path).load_module()
+    config = module.get_config(arg) if arg else module.get_config()
+    for a in argv[1:]:
+      if not a.startswith('--config.'):
+        continue
+      parts, node = a.split('=', 1)[0][len('--config.'):].split('.'), config
+      for i, key in enumerate(parts):
+        if not hasattr(node, 'keys') or key not in node:
+          where = '.'.join(['config'] + parts[:i])
+          valid = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else 'none'
+          raise SystemExit(f'unknown config field {a.split("=", 1)[0]}: {where} has no '
+                           f'{key!r}; valid fields there: {valid}') from e
+        node = node[key]
+    raise
+
+
+class QuietOrbaxInfo(std_logging.Filter):
+  """Drops orbax's INFO records (about a hundred lines per checkpoint save) so the
+  progress lines stay readable; its warnings and errors still show."""
+
+  def filter(self, record):
+    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(QuietOrbaxInfo())
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  # Keep TensorFlow (the input pipeline) off the accelerators JAX uses.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+
+  print(f'JAX {jax.__version__}: {distributed.layout(FLAGS.config)}', flush=True)
+  logging.info('config:\n%s', FLAGS.config)
+  summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  summary.pop('state')
+  print('summary:', ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                             for k, v in summary.items()), flush=True)
+
+
+if __name__ == '__main__':
+  jax.config.config_with_absl()
+  app.run(main, flags_parser=parse_flags)

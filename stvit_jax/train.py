@@ -1,0 +1,327 @@
+"""`train_and_evaluate(config, workdir)`: the training loop, used unchanged by the
+command line (main.py), the tests and the notebooks.
+
+The model is used functionally: `nnx.split` once into a graph definition and
+states; the jitted steps `nnx.merge` inside. The train state is a dict
+{step, params, batch_stats, opt_state[, ema]} placed on the mesh by the
+sharding rules. Randomness (mixup, stochastic depth) is derived from
+(seed, step), and the data iterator is deterministic given the step, so a
+resumed run sees exactly the batches and random numbers of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from stvit_jax import checkpoint, evaluate, models, optim, sharding
+from stvit_jax.data import mixup, pipeline
+
+Steps = collections.namedtuple(
+    'Steps', 'per_epoch total warmup eval_every checkpoint_every log_every')
+
+
+def schedule_steps(config, steps_per_epoch):
+  """Converts the config's durations to steps: `X_steps` if set (>= 0), else `X_epochs`."""
+  def steps(name, minimum=1):
+    n = config[f'{name}_steps']
+    n = int(n) if n >= 0 else int(round(config[f'{name}_epochs'] * steps_per_epoch))
+    if n < minimum:
+      raise ValueError(f'config.{name}_steps / {name}_epochs give {n} steps; need >= {minimum}')
+    return n
+  return Steps(steps_per_epoch, steps('total'), steps('warmup', 0), steps('eval_every', 0),
+               steps('checkpoint_every'), max(1, config.log_every_steps))
+
+
+def model_kwargs(config):
+  return {k: v for k, v in config.model.items() if k not in ('name', 'dtype')}
+
+
+def create_model(config):
+  return models.create(config.model.name, seed=config.seed, dtype=config.model.dtype,
+                       **model_kwargs(config))
+
+
+def split(model):
+  """-> graphdef, params, batch_stats, rest (the dropout rng streams)."""
+  return nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+
+
+def make_apply(graphdef, rng_state):
+  """apply(variables, images, train, rng) -> (logits, batch_stats)."""
+  def apply(variables, images, *, train, rng=None):
+    # Fresh Variables in this trace: reseed and BatchNorm mutate them.
+    params, stats, rngs = jax.tree.map(jnp.asarray, (variables['params'],
+                                                     variables['batch_stats'], rng_state))
+    model = nnx.merge(graphdef, params, stats, rngs)
+    if rng is not None:
+      nnx.reseed(model, dropout=rng)  # every stochastic-depth stream, from this step's key
+    logits, _ = model(images, train=train)
+    return logits.astype(jnp.float32), nnx.state(model, nnx.BatchStat)
+  return apply
+
+
+def placeholder_rngs(abstract):
+  """Concrete stand-ins for the rng stream state; `nnx.reseed` replaces them in each step."""
+  def one(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jnp.broadcast_to(jax.random.key(0), x.shape)
+    return jnp.zeros(x.shape, x.dtype)
+  return jax.tree.map(one, abstract)
+
+
+def make_train_step(config, apply, tx, schedule, num_classes):
+  """The pure train step: (state, batch) -> (state, metrics)."""
+  accum, ema_decay, mix = config.optim.grad_accum_steps, config.ema_decay, config.mixup
+  use_mixup = mix.prob > 0 and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0)
+
+  def loss_fn(params, batch_stats, images, targets, rng):
+    variables = {'params': params, 'batch_stats': batch_stats}
+    logits, batch_stats = apply(variables, images, train=True, rng=rng)
+    return optax.softmax_cross_entropy(logits, targets).mean(), batch_stats
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state, batch):
+    step, params = state['step'], state['params']
+    mix_rng, drop_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), step))
+    if use_mixup:
+      images, targets = mixup.mixup_cutmix(mix_rng, batch['image'], batch['label'],
+                                           num_classes=num_classes, cfg=mix)
+    else:
+      images = batch['image']
+      targets = mixup.soft_targets(batch['label'], num_classes, mix.label_smoothing)
+    if accum == 1:
+      (loss, batch_stats), grads = grad_fn(params, state['batch_stats'], images, targets, drop_rng)
+    else:  # micro-batch i takes rows i, i+accum, ...: each stays spread over all devices
+      def micro(x):
+        return x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+
+      def body(carry, xs):
+        grads, loss, stats = carry
+        i, im, tg = xs
+        (l, stats), g = grad_fn(params, stats, im, tg, jax.random.fold_in(drop_rng, i))
+        return (jax.tree.map(jnp.add, grads, g), loss + l, stats), None
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (grads, loss, batch_stats), _ = jax.lax.scan(
+          body, (zeros, jnp.zeros((), jnp.float32), state['batch_stats']),
+          (jnp.arange(accum), micro(images), micro(targets)))
+      grads, loss = jax.tree.map(lambda g: g / accum, grads), loss / accum
+    updates, opt_state = tx.update(grads, state['opt_state'], params)
+    new = {'step': step + 1, 'params': optax.apply_updates(params, updates),
+           'batch_stats': batch_stats, 'opt_state': opt_state}
+    if ema_decay > 0:
+      new['ema'] = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+                                state['ema'], new['params'])
+    metrics = {'loss': loss, 'lr': schedule(step), 'grad_norm': optax.tree.norm(grads)}
+    return new, metrics
+
+  return train_step
+
+
+class MetricWriter:
+  """JSONL (`metrics.jsonl`) and TensorBoard (`tensorboard/`) in the workdir, process 0 only."""
+
+  def __init__(self, workdir):
+    self.active = jax.process_index() == 0
+    if self.active:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      self.tf = tf
+      tf.io.gfile.makedirs(workdir)
+      self.jsonl = tf.io.gfile.GFile(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self.tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+      self.scalar_metadata = tf.compat.v1.SummaryMetadata(
+          plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='scalars'))
+
+  def write(self, step, split_name, scalars):
+    if not self.active:
+      return
+    self.jsonl.write(json.dumps({'step': step, 'split': split_name, **scalars}) + '\n')
+    self.jsonl.flush()
+    with self.tb.as_default(step=step):
+      for k, v in scalars.items():
+        # = tensorboard's tf.summary.scalar, which needs the tensorboard package.
+        self.tf.summary.write(f'{split_name}/{k}', self.tf.constant(v, self.tf.float32),
+                              metadata=self.scalar_metadata)
+    self.tb.flush()
+
+  def close(self):
+    if self.active:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def check_config(config, info, mesh):
+  """Fails early, naming the field, for settings that cannot work together."""
+  for name in ('batch_size', 'eval_batch_size'):
+    sharding.check_batch(name, config[name], mesh)
+  accum = config.optim.grad_accum_steps
+  if accum < 1 or config.batch_size % (accum * mesh.size):
+    raise ValueError(f'config.optim.grad_accum_steps={accum}: batch_size={config.batch_size} '
+                     f'must split into {accum} micro-batches divisible by {mesh.size} '
+                     'devices')
+  if config.model.num_classes != info.num_classes:
+    raise ValueError(f'config.model.num_classes={config.model.num_classes} but dataset '
+                     f'{config.data.name!r} has {info.num_classes} classes')
+  if config.model.img_size != config.data.image_size:
+    raise ValueError(f'config.model.img_size={config.model.img_size} differs from '
+                     f'config.data.image_size={config.data.image_size}; set both')
+
+
+def train_and_evaluate(config, workdir):
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns a summary."""
+  workdir = os.fspath(workdir)
+  mesh = sharding.make_mesh(config)
+  info = pipeline.dataset_info(config.data)
+  check_config(config, info, mesh)
+  steps = schedule_steps(config, pipeline.steps_per_epoch(config.data,
+                                                          global_batch_size=config.batch_size))
+  schedule = optim.learning_rate(config, steps.total, steps.warmup)
+  tx = optim.make(config, schedule)
+
+  graphdef, abs_params, _, abs_rngs = split(nnx.eval_shape(lambda: create_model(config)))
+  rngs = placeholder_rngs(abs_rngs)
+  apply = make_apply(graphdef, rngs)
+
+  def init_state():
+    _, params, batch_stats, _ = split(create_model(config))
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'batch_stats': batch_stats,
+             'opt_state': tx.init(params)}
+    if config.ema_decay > 0:
+      state['ema'] = params
+    return state
+
+  abstract = jax.eval_shape(init_state)
+  shardings = sharding.tree_shardings(abstract, mesh, config.sharding_rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  meta = checkpoint.describe(config, abs_params)
+  num_params = sum(int(np.prod(s)) for s in meta['param_shapes'].values())
+
+  ckpt = checkpoint.Checkpointer(workdir, every_steps=steps.checkpoint_every,
+                                 keep=config.checkpoint.keep,
+                                 async_save=config.checkpoint.async_save)
+  state = ckpt.restore(abstract, meta)
+  if state is not None:
+    logging.info('resuming from %s at step %d', ckpt.directory, int(state['step']))
+  else:
+    state = jax.jit(init_state, out_shardings=shardings)()
+    if config.init_from:
+      state = init_from(config, state, graphdef, rngs, meta, shardings)
+  start = int(jax.device_get(state['step']))
+
+  train_step = jax.jit(make_train_step(config, apply, tx, schedule, info.num_classes),
+                       in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                       out_shardings=(shardings, sharding.replicated(mesh)),
+                       donate_argnums=0)
+  var_shardings = {'params': shardings['params'], 'batch_stats': shardings['batch_stats']}
+  eval_step = evaluate.make_eval_step(lambda v, im: apply(v, im, train=False)[0],
+                                      num_classes=info.num_classes, mesh=mesh,
+                                      variable_shardings=var_shardings)
+
+  def run_eval(step):
+    results = {}
+    for name, params in (('eval', 'params'), ('eval_ema', 'ema')):
+      if params in state:
+        variables = {'params': state[params], 'batch_stats': state['batch_stats']}
+        batches = pipeline.eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+        results[name] = evaluate.evaluate(eval_step, variables, batches, mesh,
+                                          expected_count=info.num_eval)
+        writer.write(step, name, results[name])
+        logging.info('%s step %d: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d examples)', name,
+                     step, 100 * results[name]['top1'], 100 * results[name]['top5'],
+                     results[name]['loss'], results[name]['num_examples'])
+    return results
+
+  writer = MetricWriter(workdir)
+  logging.info('%s: %.2fM parameters; %d steps (%d per epoch) of batch %d on mesh %s',
+               config.model.name, num_params / 1e6, steps.total, steps.per_epoch,
+               config.batch_size, dict(mesh.shape))
+  batches = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
+                                    seed=config.seed, start_step=start)
+  pending, evals, stopped = [], {}, False
+  t_start = t_last = time.perf_counter()
+  step_last, t_first = start, None
+  step = start
+  while step < steps.total:
+    state, metrics = train_step(state, sharding.to_global(next(batches), mesh))
+    step += 1
+    pending.append(metrics)
+    if step == start + 1:  # the first step compiles: time from its end on
+      jax.block_until_ready(metrics)
+      t_first = t_last = time.perf_counter()
+      step_last = step
+    if step % steps.log_every == 0 or step == steps.total:
+      fetched = jax.device_get(pending)
+      pending = []
+      now = time.perf_counter()
+      rate = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
+      scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      scalars['images_per_sec'] = rate
+      writer.write(step, 'train', scalars)
+      eta = (steps.total - step) * config.batch_size / rate if rate > 0 else float('nan')
+      logging.info('step %d/%d | epoch %.2f | loss %.4f | lr %.2e | %.0f img/s | ETA %s', step,
+                   steps.total, step / steps.per_epoch, scalars['loss'], scalars['lr'], rate,
+                   _hms(eta))
+      if not np.isfinite(scalars['loss']):
+        raise FloatingPointError(f'loss is {scalars["loss"]} at step {step}')
+      t_last, step_last = now, step
+    if steps.eval_every and (step % steps.eval_every == 0 or step == steps.total):
+      evals = run_eval(step)  # eval_every 0: never
+    stopped = ckpt.should_stop(step)
+    ckpt.save(step, state, meta, force=stopped or step == steps.total)
+    if stopped:
+      logging.warning('stop requested: saved step %d, exiting', step)
+      break
+  ckpt.close()
+
+  t_end = time.perf_counter()
+  timed = step - (start + 1) if t_first is not None else 0
+  summary = {
+      'model': config.model.name, 'num_params': num_params, 'start_step': start,
+      'final_step': step, 'total_steps': steps.total, 'stopped_early': stopped,
+      'wall_time_s': t_end - t_start,
+      'images_per_sec': timed * config.batch_size / max(t_end - (t_first or t_end), 1e-9),
+      **{f'{name}_{k}': v for name, r in evals.items() for k, v in r.items()},
+  }
+  if writer.active:
+    with writer.tf.io.gfile.GFile(os.path.join(workdir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=1)
+  writer.close()
+  logging.info('done: %s', json.dumps(summary))
+  summary['state'] = state
+  return summary
+
+
+def init_from(config, state, graphdef, rngs, meta, shardings):
+  """Replaces the fresh params (and batch stats) by those of `config.init_from`."""
+  params, stats = jax.device_get((state['params'], state['batch_stats']))
+  if checkpoint.is_run_checkpoint(config.init_from):
+    params, stats, provenance = checkpoint.load_run_params(config.init_from, params, stats, meta)
+  else:
+    from stvit_jax import weights  # pylint: disable=g-import-not-at-top
+    model = nnx.merge(graphdef, params, stats, rngs)
+    # replace_head: a head of another class count keeps its fresh init; the rest is strict.
+    provenance = weights.load_weights(model, config.init_from, replace_head=True)
+    _, params, stats, _ = split(model)
+  logging.info('init_from %s: %s', config.init_from, provenance)
+  state = dict(state, params=params, batch_stats=stats)
+  if 'ema' in state:
+    state['ema'] = params
+  return jax.device_put(state, shardings)
+
+
+def _hms(seconds):
+  if not np.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
