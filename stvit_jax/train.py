@@ -128,6 +128,33 @@ def make_train_step(config, apply, tx, schedule, num_classes):
   return train_step
 
 
+def make_init_state(config, tx):
+  """() -> a fresh train state {step, params, batch_stats, opt_state[, ema]}."""
+  def init_state():
+    _, params, batch_stats, _ = split(create_model(config))
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'batch_stats': batch_stats,
+             'opt_state': tx.init(params)}
+    if config.ema_decay > 0:
+      state['ema'] = params
+    return state
+  return init_state
+
+
+def abstract_state(init_state, mesh, rules):
+  """-> (the state's shapes as ShapeDtypeStructs carrying their shardings, the shardings)."""
+  abstract = jax.eval_shape(init_state)
+  shardings = sharding.tree_shardings(abstract, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  return abstract, shardings
+
+
+def jit_train_step(train_step, mesh, shardings):
+  """The step as the trainer compiles it: state donated, batch split over all devices."""
+  return jax.jit(train_step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
 class MetricWriter:
   """JSONL (`metrics.jsonl`) and TensorBoard (`tensorboard/`) in the workdir, process 0 only."""
 
@@ -192,18 +219,8 @@ def train_and_evaluate(config, workdir):
   rngs = placeholder_rngs(abs_rngs)
   apply = make_apply(graphdef, rngs)
 
-  def init_state():
-    _, params, batch_stats, _ = split(create_model(config))
-    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'batch_stats': batch_stats,
-             'opt_state': tx.init(params)}
-    if config.ema_decay > 0:
-      state['ema'] = params
-    return state
-
-  abstract = jax.eval_shape(init_state)
-  shardings = sharding.tree_shardings(abstract, mesh, config.sharding_rules)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
+  init_state = make_init_state(config, tx)
+  abstract, shardings = abstract_state(init_state, mesh, config.sharding_rules)
   meta = checkpoint.describe(config, abs_params)
   num_params = sum(int(np.prod(s)) for s in meta['param_shapes'].values())
 
@@ -219,10 +236,8 @@ def train_and_evaluate(config, workdir):
       state = init_from(config, state, graphdef, rngs, meta, shardings)
   start = int(jax.device_get(state['step']))
 
-  train_step = jax.jit(make_train_step(config, apply, tx, schedule, info.num_classes),
-                       in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                       out_shardings=(shardings, sharding.replicated(mesh)),
-                       donate_argnums=0)
+  train_step = jit_train_step(make_train_step(config, apply, tx, schedule, info.num_classes),
+                              mesh, shardings)
   var_shardings = {'params': shardings['params'], 'batch_stats': shardings['batch_stats']}
   eval_step = evaluate.make_eval_step(lambda v, im: apply(v, im, train=False)[0],
                                       num_classes=info.num_classes, mesh=mesh,

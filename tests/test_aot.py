@@ -1,0 +1,135 @@
+"""Ahead-of-time compilation of the train step for a TPU slice on this CPU machine.
+
+The compile test runs in a child process with libtpu on its path: the installed one
+(`pip install -e '.[tpu]'`) or, failing that, the pinned wheel pip-installed into a
+private cache; it is skipped only where pip cannot install it. The topology names
+and the missing-libtpu message are checked everywhere.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
+
+from configs import deit_s  # noqa: E402
+from stvit_jax import aot  # noqa: E402
+
+GIB = 2 ** 30
+
+
+@pytest.mark.parametrize('name, chips, accelerator, wrap', [
+    ('v5e:2x2', 4, 'v5litepod-4', (False, False, False)),
+    ('v5e:4x4', 16, 'v5litepod-16', (False, False, False)),
+    ('v5e:16x16', 256, 'v5litepod-256', (True, True, False)),
+    ('v6e:2x2', 4, 'v6e-4', (False, False, False)),
+    ('v4:2x2x4', 16, 'v4-32', (False, False, False)),
+    ('v4:4x4x4', 64, 'v4-128', (True, True, True)),
+    ('v5p:2x2x1', 4, 'v5p-8', (False, False, False)),
+])
+def test_topology_names(name, chips, accelerator, wrap):
+  t = aot.parse_topology(name)
+  assert (t.num_chips, t.accelerator_type, t.wrap) == (chips, accelerator, wrap)
+
+
+@pytest.mark.parametrize('bad', ['v5e:2x2x2', 'v4:2x2', 'v7:2x2', 'v5e-16', 'v5e:0x4'])
+def test_bad_topology_names_list_valid_ones(bad):
+  with pytest.raises(ValueError, match=r'--topology=.*v5e:4x4 \(v5e-16\)'):
+    aot.parse_topology(bad)
+
+
+def test_missing_libtpu_names_the_extra(monkeypatch):
+  monkeypatch.setattr(aot, 'libtpu_path', lambda: None)
+  with pytest.raises(ImportError, match=r"pip install 'stvit_jax\[tpu\]'"):
+    aot.require_libtpu()
+
+
+def tiny_config():
+  config = deit_s.get_config()  # STViT-DeiT-S, shrunk; fsdp=2 so parameters are sharded
+  for k, v in dict(embed_dim=32, num_heads=2, depth=3, img_size=32, patch_size=8,
+                   num_base_layers=1, num_semantic=4, dtype='bfloat16').items():
+    config.model[k] = v
+  config.data.image_size = 32
+  config.batch_size = config.eval_batch_size = 16
+  config.mesh.fsdp = 2
+  return config
+
+
+def libtpu_requirement():
+  """The pin of pyproject's `tpu` extra, e.g. 'libtpu==0.0.42.*'."""
+  with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+    (req,) = tomllib.load(f)['project']['optional-dependencies']['tpu']
+  return req
+
+
+@pytest.fixture(scope='module')
+def libtpu_pythonpath():
+  """A PYTHONPATH entry that provides libtpu: '' where it is installed already, else a
+  private `pip install --target` cache, so the suite's own process never loads libtpu
+  (it would make every JAX start-up probe for TPUs). Skipped only if pip cannot get it."""
+  if importlib.util.find_spec('libtpu') is not None:
+    return ''
+  req = libtpu_requirement()
+  target = os.path.join(os.path.expanduser('~'), '.cache', 'stvit_jax',
+                        req.replace('==', '-').replace('*', 'x'))
+  if not os.path.isdir(os.path.join(target, 'libtpu')):
+    done = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
+                           '--target', target, req], capture_output=True, text=True)
+    if done.returncode:
+      pytest.skip(f'libtpu cannot be installed here ({req}): {done.stderr[-500:]}')
+  return target
+
+
+# Runs in a child process that has libtpu on its path; prints the report and the
+# reference figures the test checks it against, as JSON.
+COMPILE_TINY = r"""
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import jax, numpy as np
+from stvit_jax import aot, flops, sharding
+aot.use_cpu_host()
+from test_aot import tiny_config
+config = tiny_config()
+r = aot.compile_train_step(config, 'v5e:2x2')
+mesh = sharding.make_mesh(config, devices=aot.tpu_devices(aot.parse_topology('v5e:2x2')))
+step, state, batch = aot.build_train_step(config, mesh)
+shard_bytes = sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+                  for x in jax.tree.leaves((state, batch)))
+print(json.dumps({'report': r, 'text': aot.format_report(r), 'shard_bytes': shard_bytes,
+                  'matmul_flops': 2 * flops.count_macs(step, state, batch)}))
+"""
+
+
+def test_compiles_tiny_stvit_train_step_for_v5e_2x2(libtpu_pythonpath):
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+      p for p in (libtpu_pythonpath, os.environ.get('PYTHONPATH', '')) if p)}
+  env.pop('JAX_PLATFORMS', None)
+  done = subprocess.run([sys.executable, '-c', COMPILE_TINY, ROOT, os.path.join(ROOT, 'tests')],
+                        capture_output=True, text=True, env=env, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  r, text = out['report'], out['text']
+  print(text)
+  assert (r['chips'], r['device_kind'], r['mesh']) == (4, 'TPU v5 lite', {'data': 2, 'fsdp': 2})
+  assert r['model'] == 'stvit_deit_small' and r['dtype'] == 'bfloat16' and r['fits']
+
+  # Arguments: this chip's shard of the state (params, AdamW mu and nu, step) and of
+  # the batch, at least; TPU tiling pads small arrays, so allow up to 64x.
+  m, shard_bytes = r['memory'], out['shard_bytes']
+  assert shard_bytes <= m['argument'] <= 64 * shard_bytes
+  assert m['alias'] > 0  # the donated state is updated in place
+  assert m['total'] == m['argument'] + m['output'] - m['alias'] + m['temp'] + m['generated_code']
+  assert 0 < m['total'] < GIB
+
+  # FLOPs: the matmuls of forward + backward (2 FLOPs per MAC, counted from the
+  # step's jaxpr) are most of them; norms, softmax, mixup and AdamW add the rest.
+  assert r['flops_per_step'] == r['flops_per_chip'] * 4
+  assert out['matmul_flops'] <= r['flops_per_step'] <= 2 * out['matmul_flops'], out
+
+  assert 'v5e:2x2 = v5litepod-4' in text and 'data=2 x fsdp=2' in text
+  assert 'of 16 GiB HBM' in text and ': fits' in text
