@@ -1,0 +1,135 @@
+"""timm's PyTorch DeiT against stvit_jax's, in one process, rounds alternated (run by hand).
+
+    pip install torch==2.13.0 && pip install timm --no-deps   # if `import torch, timm` fails
+    python scripts/bench_timm.py --model deit_small --batch 32 --threads 2 --rounds 7
+
+Both sides run inference in float32 on the same random images, on the same
+`--threads` CPU cores: the process is confined to them with
+`os.sched_setaffinity` (XLA's CPU client sizes its thread pool from the
+affinity mask; a no-op on a 2-core machine at --threads 2) and PyTorch gets
+`torch.set_num_threads(--threads)`.
+PyTorch runs `timm.create_model(<model>_patch16_224).eval()` under
+`torch.inference_mode()` (NCHW); JAX runs the compiled forward of
+`stvit_jax.models.create(<model>)` (NHWC), exactly as `stvit_jax.benchmark`
+does. Each round times `--steps` calls of each framework, alternating which
+goes first, with a short pause between frameworks so that the other one's
+spinning worker threads have gone to sleep. Prints images/s per round and the
+median ratio.
+
+timm imports torchvision at import time and there is no CPU torchvision wheel
+here, so when torchvision is missing an import stub is installed (as in
+scripts/make_parity_fixtures.py): the ViT classes never call torchvision.
+"""
+import argparse
+import importlib.abc
+import importlib.machinery
+import os
+import statistics
+import sys
+import time
+import types
+
+
+def stub_torchvision():
+  try:
+    import torchvision  # noqa: F401
+    return False
+  except ImportError:
+    pass
+
+  class Meta(type):  # class attributes (enum members such as InterpolationMode.NEAREST)
+    def __getattr__(cls, name):
+      if name.startswith('__'):
+        raise AttributeError(name)
+      return f'{cls.__name__}.{name}'
+
+  class Missing(metaclass=Meta):
+    def __init__(self, *args, **kwargs):
+      raise RuntimeError('torchvision is stubbed by bench_timm.py')
+
+  def getattr_(name):
+    if name.startswith('__'):
+      raise AttributeError(name)
+    return type(name, (Missing,), {})
+
+  class Loader(importlib.abc.Loader):
+    def create_module(self, spec):
+      module = types.ModuleType(spec.name)
+      module.__path__, module.__getattr__ = [], getattr_
+      return module
+
+    def exec_module(self, module):
+      pass
+
+  class Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+      if name == 'torchvision' or name.startswith('torchvision.'):
+        return importlib.machinery.ModuleSpec(name, Loader(), is_package=True)
+      return None
+
+  sys.meta_path.insert(0, Finder())
+  return True
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--model', default='deit_small', help='deit_tiny / deit_small / deit_base')
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--threads', type=int, default=2)
+  parser.add_argument('--rounds', type=int, default=7)
+  parser.add_argument('--steps', type=int, default=1, help='calls per framework per round')
+  parser.add_argument('--pause', type=float, default=0.5, help='seconds between frameworks')
+  args = parser.parse_args()
+
+  cores = sorted(os.sched_getaffinity(0))
+  if len(cores) > args.threads:
+    os.sched_setaffinity(0, cores[:args.threads])
+  stubbed = stub_torchvision()
+  import numpy as np
+  import timm
+  import torch
+  import jax
+  from stvit_jax import benchmark
+
+  torch.set_num_threads(args.threads)
+  rng = np.random.default_rng(0)
+  images = rng.standard_normal((args.batch, 224, 224, 3), np.float32)
+  tm = timm.create_model(f'{args.model}_patch16_224', pretrained=False).eval()
+  x_torch = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+
+  def torch_step():
+    with torch.inference_mode():
+      return tm(x_torch)
+
+  case = benchmark.model_case(args.model, args.batch)  # compiled JAX forward, as in the table
+  steps = {'timm (PyTorch)': torch_step, 'stvit_jax (JAX)': lambda: jax.block_until_ready(case.step())}
+  for fn in steps.values():  # warm-up: allocator, caches, lazy init
+    fn()
+    fn()
+  rates = {name: [] for name in steps}
+  names = list(steps)
+  for r in range(args.rounds):
+    for name in (names if r % 2 == 0 else names[::-1]):
+      time.sleep(args.pause)
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        steps[name]()
+      rates[name].append(args.batch * args.steps / (time.perf_counter() - start))
+    print(f'round {r + 1}: ' + ', '.join(f'{n} {rates[n][-1]:.2f} img/s' for n in names),
+          flush=True)
+  print(f'# {args.model}, batch {args.batch}, float32 inference, {args.threads} threads '
+        f'(cores {sorted(os.sched_getaffinity(0))}); torch {torch.__version__} '
+        f'({torch.get_num_threads()} threads), timm {timm.__version__}, jax {jax.__version__}'
+        f'{", torchvision stubbed" if stubbed else ""}')
+  for name in names:
+    v = rates[name]
+    print(f'{name:16s} median {statistics.median(v):6.2f} img/s   min {min(v):6.2f}   '
+          f'max {max(v):6.2f}')
+  ratio = [j / t for j, t in zip(rates[names[1]], rates[names[0]])]
+  print(f'JAX / PyTorch per round: median {statistics.median(ratio):.2f}x '
+        f'(min {min(ratio):.2f}x, max {max(ratio):.2f}x)')
+
+
+if __name__ == '__main__':
+  main()

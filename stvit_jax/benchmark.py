@@ -1,0 +1,333 @@
+"""Side-by-side speed table of several models, measured in one run.
+
+    python -m stvit_jax.benchmark --models deit_small,stvit_deit_small,swin_small,stvit_r_swin_small \
+        --batch 1,64 [--dtype bfloat16] [--train] [--json rows.json]
+
+Each (model, batch) is compiled once ahead of time (the compile time is
+reported), warmed up, then timed with `block_until_ready` in `--rounds`
+rounds. Every round visits all cases, in alternating order, together with a
+large matmul of the same dtype, so that machine drift (other jobs, clock
+changes) hits every model and the peak alike. Rows per case:
+
+  img/s      median over rounds; `spread` is (max - min) / median over rounds
+  ms/batch   median time of one call (the latency at batch 1)
+  speed-up   img/s against the first model at the same batch: the median over
+             rounds of the per-round ratio (each round times both close together)
+  vs dense   the same, against the model's dense counterpart when it is in the run
+             (stvit_deit_small -> deit_small, stvit_r_swin_small -> swin_small)
+  GMACs      per image, forward, paper (fvcore) convention: matmuls and convs only
+  GFLOP/s    achieved: 2 * MACs * img/s (x3 with --train: forward + backward)
+  %peak      of the matmul measured in the same run (an attainable peak, not the datasheet)
+  compile s  lowering + XLA compilation of the step
+  mem MiB    the compiled step's footprint as XLA reports it (arguments + outputs +
+             temporaries - donated); the device's own peak is printed below the
+             table where the backend reports one (GPU, TPU)
+
+Works on whatever `jax.devices()[0]` is (CPU, GPU, TPU); one device.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from stvit_jax import flops
+
+DTYPES = ('float32', 'bfloat16')
+
+
+@dataclass
+class Case:
+  """One timed thing: `step()` runs a call and returns what to block on."""
+  name: str
+  batch: int
+  step: Callable[[], object]
+  flops_per_call: float      # 2 * MACs (x3 for training) per call
+  macs_per_image: float = 0.0
+  compile_s: float = 0.0
+  memory_bytes: int | None = None
+  seconds: list = field(default_factory=list)  # one entry per round: seconds per call
+
+  def run(self, calls):
+    start = time.perf_counter()
+    out = None
+    for _ in range(calls):
+      out = self.step()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / calls
+
+
+def _memory(compiled):
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 - some backends do not implement it
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+
+
+def _compile(fn, *args, donate=()):
+  start = time.perf_counter()
+  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def model_case(name, batch, *, dtype='float32', train=False, image_size=224,
+               num_classes=1000, seed=0, **overrides):
+  """Builds, compiles and returns a `Case` for `models.create(name)` at `batch`."""
+  from stvit_jax import models  # the registry imports every family: only when needed
+  model = models.create(name, dtype=dtype, seed=seed, num_classes=num_classes,
+                        img_size=image_size, **overrides)
+  macs = flops.model_macs(model, image_size)
+  rng = np.random.default_rng(seed)
+  images = jnp.asarray(rng.standard_normal((batch, image_size, image_size, 3), np.float32))
+  if not train:
+    graphdef, state = nnx.split(model)
+
+    def forward(state, images):
+      logits, _ = nnx.merge(graphdef, state)(images, train=False)
+      return logits
+
+    compiled, seconds = _compile(forward, state, images)
+    step = lambda: compiled(state, images)  # noqa: E731
+    mult = 2
+  else:
+    compiled, seconds, step = _train_case(model, images, num_classes, rng)
+    mult = 6  # forward 2 * MACs, backward twice the forward
+  return Case(f'{name}', batch, step, mult * macs * batch, macs, seconds, _memory(compiled))
+
+
+def _train_case(model, images, num_classes, rng):
+  """A full training step: forward, backward, AdamW update, state donated."""
+  import optax
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adamw(1e-4, weight_decay=0.05)
+  labels = jnp.asarray(rng.integers(0, num_classes, images.shape[0]), jnp.int32)
+
+  def loss_fn(params, rest, images, labels):
+    model = nnx.merge(graphdef, params, rest)
+    logits, _ = model(images, train=True)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return loss.mean(), nnx.state(model, nnx.Not(nnx.Param))  # batch statistics, rngs
+
+  def train_step(carry, images, labels):
+    params, rest, opt_state = carry
+    (_, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, images, labels)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), rest, opt_state
+
+  carry = [(params, rest, tx.init(params))]
+  compiled, seconds = _compile(train_step, carry[0], images, labels, donate=(0,))
+
+  def step():
+    carry[0] = compiled(carry[0], images, labels)
+    return carry[0]
+  return compiled, seconds, step
+
+
+def matmul_case(dtype='float32', n=None):
+  """An n x n x n matmul in `dtype`: the attainable matmul peak of the device."""
+  if n is None:  # big enough to saturate the device, small enough to time quickly
+    n = 2048 if jax.default_backend() == 'cpu' else 8192
+  keys = jax.random.split(jax.random.key(0), 2)
+  a, b = (jax.random.normal(k, (n, n), jnp.dtype(dtype)) for k in keys)
+  compiled, seconds = _compile(jnp.matmul, a, b)
+  return Case(f'matmul {n}^3', 1, lambda: compiled(a, b), 2.0 * n ** 3, 0.0, seconds,
+              _memory(compiled))
+
+
+def measure(cases, *, rounds=5, warmup=2, min_time=1.0, log=None):
+  """Times every case `rounds` times, alternating the order each round.
+
+  Each case gets as many calls per round as fill `min_time` seconds (at least one),
+  chosen from its warm-up; `case.seconds` gets one seconds-per-call per round.
+  """
+  calls = {}
+  for case in cases:
+    t = min(case.run(1) for _ in range(max(1, warmup)))
+    calls[case.name, case.batch] = max(1, math.ceil(min_time / t))
+  for r in range(rounds):
+    order = cases if r % 2 == 0 else cases[::-1]
+    for case in order:
+      case.seconds.append(case.run(calls[case.name, case.batch]))
+    if log:
+      log(f'round {r + 1}/{rounds}: ' + ', '.join(
+          f'{c.name}@{c.batch} {c.batch / c.seconds[-1]:.1f}/s' for c in cases))
+
+
+def dense_counterpart(name):
+  """'stvit_deit_small' -> 'deit_small', 'stvit_r_swin_small' / 'stvit_swin_small' ->
+  'swin_small'; None for a model that is not an STViT."""
+  for prefix in ('stvit_r_', 'stvit_'):
+    if name.startswith(prefix):
+      return name[len(prefix):]
+  return None
+
+
+def _paired_ratio(rates, base):
+  # Paired by round: both were timed seconds apart, so drift cancels in the ratio.
+  return statistics.median(r / b for r, b in zip(rates, base))
+
+
+def rows(cases, peak_case):
+  """Table rows (dicts). Speed-ups are against the first model at the same batch
+  and against the dense counterpart, paired by round."""
+  peak = peak_case.flops_per_call / statistics.median(peak_case.seconds)
+  out, first = [], {}
+  rates_of = {(c.name, c.batch): [c.batch / s for s in c.seconds] for c in cases}
+  for case in cases:
+    per_call = statistics.median(case.seconds)
+    rates = rates_of[case.name, case.batch]
+    ips = case.batch / per_call
+    speedup = _paired_ratio(rates, first.setdefault(case.batch, rates))
+    dense = rates_of.get((dense_counterpart(case.name), case.batch))
+    achieved = case.flops_per_call / per_call
+    out.append(dict(
+        model=case.name, batch=case.batch, images_per_s=ips,
+        spread=(max(rates) - min(rates)) / ips, ms_per_batch=per_call * 1e3,
+        speedup=speedup, vs_dense=None if dense is None else _paired_ratio(rates, dense),
+        gmacs=case.macs_per_image / 1e9,
+        gflops_per_s=achieved / 1e9, fraction_of_peak=achieved / peak,
+        compile_s=case.compile_s, memory_mib=(None if case.memory_bytes is None
+                                              else case.memory_bytes / 2 ** 20),
+        rounds=len(case.seconds), images_per_s_rounds=rates))
+  return out, peak
+
+
+COLUMNS = (  # header, row key, format
+    ('model', 'model', '{}'), ('batch', 'batch', '{}'), ('img/s', 'images_per_s', '{:.1f}'),
+    ('spread', 'spread', '{:.0%}'), ('ms/batch', 'ms_per_batch', '{:.1f}'),
+    ('speed-up', 'speedup', '{:.2f}x'), ('vs dense', 'vs_dense', '{:.2f}x'),
+    ('GMACs', 'gmacs', '{:.2f}'),
+    ('GFLOP/s', 'gflops_per_s', '{:.1f}'), ('%peak', 'fraction_of_peak', '{:.0%}'),
+    ('compile s', 'compile_s', '{:.1f}'), ('mem MiB', 'memory_mib', '{:.0f}'))
+
+
+def format_table(table):
+  cells = [[h for h, _, _ in COLUMNS]]
+  for row in table:
+    cells.append(['-' if row[k] is None else f.format(row[k]) for _, k, f in COLUMNS])
+  widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+  lines = ['  '.join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                     enumerate(zip(r, widths))) for r in cells]
+  lines.insert(1, '  '.join('-' * w for w in widths))
+  return '\n'.join(lines)
+
+
+def device_peak_memory():
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def _ints(text):
+  try:
+    values = [int(v) for v in text.split(',') if v]
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+  if not values or min(values) < 1:
+    raise argparse.ArgumentTypeError(f'expected positive integers, got {text!r}')
+  return values
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m stvit_jax.benchmark', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--models', default='deit_small,stvit_deit_small',
+                      help='comma-separated registered names; the first is the baseline')
+  parser.add_argument('--batch', type=_ints, default=[1, 64], help='comma-separated batch sizes')
+  parser.add_argument('--dtype', choices=DTYPES, default='float32', help='compute dtype')
+  parser.add_argument('--train', action='store_true',
+                      help='time a training step (forward, backward, AdamW) instead of inference')
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--num_classes', type=int, default=1000)
+  parser.add_argument('--rounds', type=int, default=5, help='timed rounds per case')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed calls per case')
+  parser.add_argument('--min_time', type=float, default=1.0,
+                      help='seconds per case per round (at least one call)')
+  parser.add_argument('--matmul', type=int, default=None,
+                      help='side of the peak matmul (default 2048 on CPU, 8192 elsewhere)')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='model option for every model, e.g. --set embed_dim=64 (int/float/str)')
+  parser.add_argument('--json', metavar='PATH', help='also write the rows as JSON')
+  args = parser.parse_args(argv)
+  if args.rounds < 1:
+    parser.error('--rounds must be >= 1')
+  names = [n for n in args.models.split(',') if n]
+  try:
+    overrides = parse_options(args.set)
+  except ValueError as err:
+    parser.error(str(err))
+  if 'img_size' in overrides or 'num_classes' in overrides:
+    parser.error('set the input size and class count with --image_size / --num_classes')
+  from stvit_jax import models
+  unknown = [n for n in names if n not in models.names()]
+  if unknown:
+    parser.error(f'unknown model(s) {unknown}; valid: {", ".join(models.names())}')
+
+  dev = jax.devices()[0]
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  log(f'device {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, '
+      f'{args.dtype}, {"train" if args.train else "inference"}')
+  cases = []
+  for batch in args.batch:
+    for name in names:
+      case = model_case(name, batch, dtype=args.dtype, train=args.train,
+                        image_size=args.image_size, num_classes=args.num_classes, **overrides)
+      log(f'compiled {name} batch {batch} in {case.compile_s:.1f}s')
+      cases.append(case)
+  peak_case = matmul_case(args.dtype, args.matmul)
+  measure(cases + [peak_case], rounds=args.rounds, warmup=args.warmup,
+          min_time=args.min_time, log=log)
+  table, peak = rows(cases, peak_case)
+  mode = 'train step (fwd+bwd+AdamW)' if args.train else 'inference'
+  print(f'# {dev.device_kind} ({jax.default_backend()}), {args.dtype}, {mode}, '
+        f'{args.image_size}px, {args.rounds} alternating rounds; jax {jax.__version__}')
+  print(f'# measured peak: {peak_case.name} {args.dtype} = {peak / 1e9:.1f} GFLOP/s '
+        f'(median of rounds)')
+  print(format_table(table))
+  device_peak = device_peak_memory()
+  if device_peak is not None:
+    print(f'# device peak memory in use (whole run): {device_peak / 2 ** 20:.0f} MiB')
+  if args.json:
+    meta = dict(device=dev.device_kind, backend=jax.default_backend(), jax=jax.__version__,
+                dtype=args.dtype, train=args.train, image_size=args.image_size,
+                rounds=args.rounds, peak_flops_per_s=peak, peak_case=peak_case.name,
+                device_peak_memory_bytes=device_peak, overrides=overrides)
+    with open(args.json, 'w') as f:
+      json.dump({'meta': meta, 'rows': table}, f, indent=2)
+  return 0
+
+
+def parse_options(pairs):
+  """['embed_dim=64', 'pooling=avg', ...] -> {'embed_dim': 64, 'pooling': 'avg'}:
+  ints, floats, True / False / None, else strings."""
+  options = {}
+  for text in pairs:
+    key, sep, value = text.partition('=')
+    if not sep or not key:
+      raise ValueError(f'model options are KEY=VALUE; got {text!r}')
+    for cast in (int, float):
+      try:
+        options[key] = cast(value)
+        break
+      except ValueError:
+        pass
+    else:
+      options[key] = {'True': True, 'False': False, 'None': None}.get(value, value)
+  return options
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,248 @@
+"""Pictures of what the semantic tokens attend to in the STGM.
+
+    python -m stvit_jax.visualize --model stvit_deit_small --image photo.jpg \
+        [--init_from DIR] [--layer 2] [--unit 0] --out stgm.png
+
+Draws, over the (resized, centre-cropped) input image, one coloured map per
+semantic token (its STGM attention over the image patches, averaged over
+heads and renormalised to sum to 1 over the patches) and a hard assignment of
+every patch to the token that attends to it most. Works for `stvit_deit_*`
+(global STGM: layer 1 keys are the image tokens, later layers [S, X]) and
+`stvit_r_swin_*` / `stvit_swin_*` (layer 1 per 7x7 window over its 10x10
+key patch, layer 2 global over the 14x14 stage-3 grid), trained or not.
+"""
+from __future__ import annotations
+
+import argparse
+import colorsys
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image, ImageDraw, ImageOps
+
+FAMILIES = ('stvit_deit_', 'stvit_r_swin_', 'stvit_swin_')
+
+
+def load_image(path, size):
+  """Any image file -> (size, size, 3) uint8: EXIF-rotated, RGB, short side
+  resized to `size` (bicubic), centre-cropped."""
+  with Image.open(path) as img:
+    img = ImageOps.exif_transpose(img).convert('RGB')
+  scale = size / min(img.size)
+  w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+  img = img.resize((w, h), Image.BICUBIC)
+  left, top = (w - size) // 2, (h - size) // 2
+  return np.asarray(img.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def normalise(image):
+  from stvit_jax.data.defaults import IMAGENET_MEAN, IMAGENET_STD
+  return (image.astype(np.float32) / 255.0 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+
+
+def _family(model):
+  from stvit_jax.models import stvit, stvit_swin
+  if isinstance(model, stvit.STViT):
+    return 'deit'
+  if isinstance(model, stvit_swin.STViTSwin) and hasattr(model.layers[2], 'semantic_grid'):
+    return 'swin'
+  raise ValueError(f'{type(model).__name__} has no STGM to draw; use one of the '
+                   f'{", ".join(f + "*" for f in FAMILIES)} models')
+
+
+def stgm_layers(model):
+  """How many STGM attention maps the model returns per image, and what they are."""
+  family = _family(model)
+  if family == 'deit':
+    return [f'layer {i + 1}' for i in range(model.stgm_depth)]
+  stage = model.layers[2]
+  units = sum(stage.role(i) == 'stgm1' for i in range(len(stage.blocks)))
+  return [f'unit {u} layer {l}' for u in range(units) for l in (1, 2)]
+
+
+def semantic_maps(model, images, *, layer=None, unit=0):
+  """Per-token attention over the image patches.
+
+  images (B, H, W, 3) normalised. `layer` is the STGM layer (1-based; default
+  the last), `unit` the STViT-R dumbbell unit. Returns maps (B, M, gh, gw),
+  float32, each token's map >= 0 and summing to 1 over the gh x gw patches,
+  and the patch size in pixels.
+  """
+  family = _family(model)
+  attn = _stgm_attention(model, jnp.asarray(images, jnp.float32))
+  if family == 'deit':
+    depth = len(attn)
+    layer = depth if layer is None else layer
+    if not 1 <= layer <= depth:
+      raise ValueError(f'--layer={layer}: {type(model).__name__} has STGM layers 1..{depth}')
+    grid = model.grid
+    w = np.asarray(attn[layer - 1], np.float32).mean(axis=1)  # (B, M, keys)
+    maps = w[..., -grid * grid:]  # the image tokens are the last keys in every layer
+    return _renormalise(maps).reshape(*maps.shape[:2], grid, grid), images.shape[1] // grid
+  layer = 2 if layer is None else layer
+  units = len(attn) // 2
+  if layer not in (1, 2) or not 0 <= unit < units:
+    raise ValueError(f'--layer={layer} --unit={unit}: {type(model).__name__} has STGM '
+                     f'layers 1, 2 in units 0..{units - 1}')
+  stage = model.layers[2]
+  (gh, gw) = stage.grid
+  w = np.asarray(attn[2 * unit + layer - 1], np.float32)
+  if layer == 2:  # (B, h, S, S + gh*gw): the image tokens are the last keys
+    maps = w.mean(axis=1)[..., -gh * gw:]
+  else:  # (B, nW, h, t*t, t*t + 100): each window's tokens see its 10x10 key patch
+    index = stage.blocks[1].key_index  # (nW, 100) flat positions in the gh x gw grid
+    t = stage.t
+    local = w.mean(axis=2)[..., -index.shape[1]:]  # (B, nW, t*t, 100)
+    b, nw, tt, _ = local.shape
+    full = np.zeros((b, nw, tt, gh * gw), np.float32)
+    for i in range(nw):
+      np.add.at(full[:, i], (slice(None), slice(None), index[i]), local[:, i])
+    # Window tokens -> the semantic raster grid (window row, token row, window col, token col).
+    n = int(round(nw ** 0.5))
+    full = full.reshape(b, n, n, t, t, -1).transpose(0, 1, 3, 2, 4, 5)
+    maps = full.reshape(b, nw * tt, gh * gw)
+  return _renormalise(maps).reshape(*maps.shape[:2], gh, gw), images.shape[1] // gh
+
+
+def _stgm_attention(model, images):
+  graphdef, state = nnx.split(model)
+  return _forward_attention(graphdef, state, images)
+
+
+@functools.partial(jax.jit, static_argnums=0)  # compiled once per model structure and shape
+def _forward_attention(graphdef, state, images):
+  return nnx.merge(graphdef, state)(images, train=False)[1]['stgm_attn']
+
+
+def _renormalise(maps):
+  return maps / np.maximum(maps.sum(-1, keepdims=True), np.finfo(np.float32).tiny)
+
+
+def hard_assignment(maps):
+  """(B, M, gh, gw) token maps -> (B, gh, gw) index of the token that attends most to each patch."""
+  return np.argmax(maps, axis=1)
+
+
+def palette(n):
+  """n well separated RGB colours (golden-ratio hues, alternating lightness)."""
+  cols = []
+  for i in range(n):
+    r, g, b = colorsys.hls_to_rgb((i * 0.618033988749895) % 1.0, 0.45 + 0.15 * (i % 2), 0.85)
+    cols.append((int(r * 255), int(g * 255), int(b * 255)))
+  return np.asarray(cols, np.uint8)
+
+
+def _upsample(grid_values, patch):
+  return np.repeat(np.repeat(grid_values, patch, axis=0), patch, axis=1)
+
+
+def render(image, maps, assignment, patch, *, title='', columns=None, panel=None):
+  """One PNG: the image, the hard assignment, then one coloured map per token.
+
+  image (H, W, 3) uint8; maps (M, gh, gw); assignment (gh, gw).
+  """
+  m = maps.shape[0]
+  colors = palette(m)
+  base = image.astype(np.float32)
+  gray = base.mean(-1, keepdims=True) * 0.5 + 64  # dimmed backdrop for the maps
+  panels = [(Image.fromarray(image), 'input')]
+  seg = colors[assignment].astype(np.float32)
+  seg = _upsample(seg, patch)
+  over = (0.45 * base + 0.55 * seg).astype(np.uint8)
+  panels.append((Image.fromarray(over), 'hard assignment'))
+  for i in range(m):
+    lo, hi = float(maps[i].min()), float(maps[i].max())
+    strength = (maps[i] - lo) / max(hi - lo, 1e-12)  # contrast stretched per token
+    s = _upsample(strength, patch)[..., None]
+    tinted = gray * (1 - 0.85 * s) + colors[i].astype(np.float32) * (0.85 * s)
+    uniform = 1.0 / maps[i].size  # the peak as a multiple of uniform attention
+    panels.append((Image.fromarray(np.clip(tinted, 0, 255).astype(np.uint8)),
+                   f'token {i}  {hi / uniform:.1f}x'))
+  size = panel or image.shape[0]
+  cols = columns or int(np.ceil(np.sqrt(len(panels) * 1.6)))
+  rows = -(-len(panels) // cols)
+  label, head = 14, (22 if title else 0)
+  sheet = Image.new('RGB', (cols * (size + 4) + 4, head + rows * (size + label + 4) + 4), 'white')
+  draw = ImageDraw.Draw(sheet)
+  if title:
+    draw.text((6, 4), title, fill='black')
+  for k, (img, text) in enumerate(panels):
+    r, c = divmod(k, cols)
+    x, y = 4 + c * (size + 4), head + 4 + r * (size + label + 4)
+    sheet.paste(img.resize((size, size), Image.LANCZOS), (x, y + label))
+    if k >= 2:  # the token's colour as a swatch next to its label
+      draw.rectangle((x, y + 2, x + 10, y + 11), fill=tuple(int(v) for v in colors[k - 2]))
+      x += 14
+    draw.text((x, y), text, fill='black')
+  # Token indices on the assignment panel, at the centroid of each token's patches.
+  r, c = divmod(1, cols)
+  x0, y0 = 4 + c * (size + 4), head + 4 + r * (size + label + 4) + label
+  scale = size / (assignment.shape[0] * patch)
+  for i in range(m):
+    ys, xs = np.nonzero(assignment == i)
+    if len(ys):
+      cx = x0 + (xs.mean() + 0.5) * patch * scale
+      cy = y0 + (ys.mean() + 0.5) * patch * scale
+      draw.text((cx - 4, cy - 6), str(i), fill='white', stroke_width=2, stroke_fill='black')
+  return sheet
+
+
+def build(name, init_from=None, seed=0, **overrides):
+  from stvit_jax import models
+  if not name.startswith(FAMILIES):
+    raise ValueError(f'--model={name!r} has no STGM to draw; choose a '
+                     f'{", ".join(f + "*" for f in FAMILIES)} model, e.g. stvit_deit_small')
+  model = models.create(name, seed=seed, **overrides)
+  if init_from:
+    from stvit_jax import weights  # written by the converter; imported only when used
+    # The classifier head plays no part in the STGM maps: any class count will do.
+    weights.load_weights(model, init_from, replace_head=True)
+  return model
+
+
+def main(argv=None):
+  from stvit_jax.benchmark import parse_options
+  parser = argparse.ArgumentParser(prog='python -m stvit_jax.visualize', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--model', default='stvit_deit_small')
+  parser.add_argument('--image', required=True, help='any image file Pillow can read')
+  parser.add_argument('--out', required=True, help='PNG to write')
+  parser.add_argument('--init_from', help='weights directory (python -m stvit_jax.convert)')
+  parser.add_argument('--layer', type=int, default=None,
+                      help='STGM layer, 1-based (default: the last; Swin: 1 local, 2 global)')
+  parser.add_argument('--unit', type=int, default=0, help='STViT-R dumbbell unit (0..2)')
+  parser.add_argument('--seed', type=int, default=0, help='init seed of an untrained model')
+  parser.add_argument('--panel', type=int, default=None, help='panel side in pixels')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='model option, e.g. --set num_semantic=36')
+  args = parser.parse_args(argv)
+  try:
+    overrides = parse_options(args.set)
+    model = build(args.model, args.init_from, args.seed, **overrides)
+  except ValueError as err:
+    parser.error(str(err))
+  size = getattr(model, 'img_size', 224)
+  image = load_image(args.image, size)
+  try:
+    maps, patch = semantic_maps(model, normalise(image)[None], layer=args.layer,
+                                 unit=args.unit)
+  except ValueError as err:
+    parser.error(str(err))
+  assignment = hard_assignment(maps)[0]
+  source = args.init_from or f'untrained (seed {args.seed})'
+  layer = args.layer or (model.stgm_depth if _family(model) == 'deit' else 2)
+  which = f'STGM layer {layer}' + (f', unit {args.unit}' if _family(model) == 'swin' else '')
+  title = (f'{args.model}, {source}: {which}, {maps.shape[1]} semantic tokens; '
+           'maps contrast-stretched per token, label: peak / uniform attention')
+  sheet = render(image, maps[0], assignment, patch, title=title, panel=args.panel)
+  sheet.save(args.out, optimize=True)
+  print(f'wrote {args.out} ({sheet.width}x{sheet.height}): {title}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
