@@ -17,58 +17,15 @@ spinning worker threads have gone to sleep. Prints images/s per round and the
 median ratio.
 
 timm imports torchvision at import time and there is no CPU torchvision wheel
-here, so when torchvision is missing an import stub is installed (as in
-scripts/make_parity_fixtures.py): the ViT classes never call torchvision.
+here, so when torchvision is missing an import stub is installed
+(scripts/torchvision_stub.py): the ViT classes never call torchvision.
 """
 import argparse
-import importlib.abc
-import importlib.machinery
 import os
 import statistics
-import sys
 import time
-import types
 
-
-def stub_torchvision():
-  try:
-    import torchvision  # noqa: F401
-    return False
-  except ImportError:
-    pass
-
-  class Meta(type):  # class attributes (enum members such as InterpolationMode.NEAREST)
-    def __getattr__(cls, name):
-      if name.startswith('__'):
-        raise AttributeError(name)
-      return f'{cls.__name__}.{name}'
-
-  class Missing(metaclass=Meta):
-    def __init__(self, *args, **kwargs):
-      raise RuntimeError('torchvision is stubbed by bench_timm.py')
-
-  def getattr_(name):
-    if name.startswith('__'):
-      raise AttributeError(name)
-    return type(name, (Missing,), {})
-
-  class Loader(importlib.abc.Loader):
-    def create_module(self, spec):
-      module = types.ModuleType(spec.name)
-      module.__path__, module.__getattr__ = [], getattr_
-      return module
-
-    def exec_module(self, module):
-      pass
-
-  class Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-      if name == 'torchvision' or name.startswith('torchvision.'):
-        return importlib.machinery.ModuleSpec(name, Loader(), is_package=True)
-      return None
-
-  sys.meta_path.insert(0, Finder())
-  return True
+import torchvision_stub  # scripts/: sys.path[0] when run as a script
 
 
 def main():
@@ -85,7 +42,7 @@ def main():
   cores = sorted(os.sched_getaffinity(0))
   if len(cores) > args.threads:
     os.sched_setaffinity(0, cores[:args.threads])
-  stubbed = stub_torchvision()
+  stubbed = torchvision_stub.install()
   import numpy as np
   import timm
   import torch

@@ -28,61 +28,17 @@ timm model by the inverse of timm's own `swin_transformer.checkpoint_filter_fn`
 filter maps it back to the original state_dict, loads strictly and gives the
 same logits.
 """
-import importlib.abc
-import importlib.machinery
 import json
 import os
 import re
 import sys
-import types
 
 import numpy as np
 
+import torchvision_stub  # scripts/: sys.path[0] when run as a script
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests', 'fixtures')
-
-
-def stub_torchvision():
-  try:
-    import torchvision  # noqa: F401
-    return False
-  except ImportError:
-    pass
-
-  class Meta(type):
-    def __getattr__(cls, name):
-      if name.startswith('__'):
-        raise AttributeError(name)
-      return f'{cls.__name__}.{name}'
-
-  class Missing(metaclass=Meta):
-    def __init__(self, *args, **kwargs):
-      raise RuntimeError('torchvision is stubbed by make_parity_fixtures.py')
-
-  def getattr_(name):
-    if name.startswith('__'):
-      raise AttributeError(name)
-    return type(name, (Missing,), {})
-
-  class Loader(importlib.abc.Loader):
-    def create_module(self, spec):
-      module = types.ModuleType(spec.name)
-      module.__path__, module.__getattr__ = [], getattr_
-      return module
-
-    def exec_module(self, module):
-      pass
-
-  class Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-      if name == 'torchvision' or name.startswith('torchvision.'):
-        return importlib.machinery.ModuleSpec(name, Loader(), is_package=True)
-      return None
-
-  sys.meta_path.insert(0, Finder())
-  return True
-
-
-STUBBED = stub_torchvision()
+STUBBED = torchvision_stub.install()
 import timm  # noqa: E402
 import torch  # noqa: E402
 from timm.models import swin_transformer  # noqa: E402

@@ -1,18 +1,10 @@
-"""The imagenet2012 input pipeline on the real TFDS builder under `tfds.testing.mock_data`.
-
-The mock reads metadata (split sizes) from a temporary data_dir and serves
-small JPEGs of random sizes through a split-aware `as_dataset_fn`, so
-per-process sub-splits (`tfds.even_splits`) return the right examples. Each
-example's label is its index in the split, which lets the tests check which
-examples were seen.
-"""
-import os
+"""The imagenet2012 input pipeline on the real TFDS builder under `tfds.testing.mock_data`
+(tests/imagenet_mock.py: small JPEGs of random sizes, label = index in the split)."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
+import imagenet_mock
 from stvit_jax.data import defaults
 from stvit_jax.data import pipeline
 
@@ -20,49 +12,16 @@ NUM = {'train': 37, 'validation': 23}
 SIZE = 64  # image_size for the tests; the mock's JPEGs are 16..48 px
 
 
-def _write_metadata(data_dir):
-  builder = tfds.builder('imagenet2012', data_dir=data_dir)
-  template = tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_dir, template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
-      dataset_name='imagenet2012', split='train', filetype_suffix='tfrecord')
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0,
-                          filename_template=template.replace(split=name))
-      for name, n in NUM.items()]))
-  os.makedirs(builder.data_dir)
-  builder.info.write_to_directory(builder.data_dir)
-
-
-def _fake_as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
-  """Examples [skip, skip + take) of the single fake shard of the split."""
-  del read_config, shuffle_files
-  (instruction,) = self.info.splits[split].file_instructions
-  name = 'train' if '-train.' in instruction.filename else 'validation'
-  examples = []
-  for i in range(instruction.skip, instruction.skip + instruction.take):
-    rng = np.random.default_rng([i, len(name)])
-    image = rng.integers(0, 256, (*rng.integers(16, 49, 2), 3), dtype=np.uint8)
-    examples.append(self.info.features.encode_example(
-        {'image': image, 'label': i, 'file_name': f'{name}_{i}.JPEG'}))
-  ds = tf.data.Dataset.from_tensor_slices({
-      'image': tf.constant([e['image'] for e in examples], tf.string),
-      'label': tf.constant([e['label'] for e in examples], tf.int64),
-      'file_name': tf.constant([str(e['file_name']) for e in examples], tf.string)})
-  return ds.map(lambda ex: self.info.features.decode_example(ex, decoders=decoders))
-
-
 @pytest.fixture(scope='module')
 def metadata_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  _write_metadata(data_dir)
+  imagenet_mock.write_metadata(data_dir, NUM)
   return data_dir
 
 
 @pytest.fixture
 def mock_imagenet(metadata_dir):
-  data_dir = metadata_dir
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir,
-                              as_dataset_fn=_fake_as_dataset):
+  with imagenet_mock.mocked(metadata_dir):
     yield
 
 

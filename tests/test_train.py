@@ -10,12 +10,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
+import imagenet_mock  # noqa: E402
 from stvit_jax import evaluate, optim, sharding, train  # noqa: E402
 
 SPLITS = {'train': 40, 'validation': 25}
@@ -41,45 +40,16 @@ def get_config(name, variant=''):
 # ------------------------------------------------------------ mocked imagenet2012
 
 
-def _as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
-  """Small random JPEGs for any (sub-)split, as the real builder would serve them."""
-  del read_config, shuffle_files
-  (instruction,) = self.info.splits[split].file_instructions
-  name = 'train' if '-train.' in instruction.filename else 'validation'
-  rng = np.random.default_rng(len(name))
-  images, labels = [], []
-  for i in range(instruction.skip, instruction.skip + instruction.take):
-    image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
-    images.append(tf.io.encode_jpeg(image).numpy())
-    labels.append(i % 1000)
-  ds = tf.data.Dataset.from_tensor_slices({'image': images, 'label': np.int64(labels)})
-  if decoders:  # the pipeline reads undecoded records (SkipDecoding)
-    return ds
-  return ds.map(lambda ex: {'image': tf.io.decode_jpeg(ex['image'], channels=3),
-                            'label': ex['label']})
-
-
 @pytest.fixture(scope='module')
 def metadata_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  builder = tfds.builder('imagenet2012', data_dir=data_dir)
-  template = tfds.core.ShardedFileTemplate(
-      data_dir=builder.data_dir, template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}',
-      dataset_name='imagenet2012', split='train', filetype_suffix='tfrecord')
-  builder.info.set_splits(tfds.core.SplitDict([
-      tfds.core.SplitInfo(name=name, shard_lengths=[n], num_bytes=0,
-                          filename_template=template.replace(split=name))
-      for name, n in SPLITS.items()]))
-  os.makedirs(builder.data_dir)
-  builder.info.write_to_directory(builder.data_dir)
+  imagenet_mock.write_metadata(data_dir, SPLITS)
   return data_dir
 
 
 @pytest.fixture
 def mock_imagenet(metadata_dir):
-  data_dir = metadata_dir
-  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir,
-                              as_dataset_fn=_as_dataset):
+  with imagenet_mock.mocked(metadata_dir) as data_dir:
     yield data_dir
 
 
