@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from stvit_jax import sharding
+from stvit_jax import paths, sharding
 
 ITEMS = ('params', 'train', 'meta')
 
@@ -55,7 +55,7 @@ class Checkpointer:
 
   def __init__(self, workdir, *, every_steps, keep, async_save):
     policies = ocp.checkpoint_managers
-    self.directory = epath.Path(workdir) / 'checkpoints'
+    self.directory = epath.Path(paths.absolute(workdir)) / 'checkpoints'
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=ITEMS,
         options=ocp.CheckpointManagerOptions(
@@ -120,7 +120,7 @@ class Checkpointer:
 
 def _find_step_dir(directory):
   """An earlier run's workdir, its checkpoints/ folder or one step folder -> step folder."""
-  path = epath.Path(directory)
+  path = epath.Path(paths.absolute(directory))
   if (path / 'params').exists() and (path / 'meta').exists():
     return path
   for candidate in (path / 'checkpoints', path):
@@ -144,6 +144,7 @@ def _flat(tree):
 def restore_on_host(path):
   """A saved pytree item as arrays on this host's first device, whatever the topology
   it was saved from (a raw restore would insist on the saving run's device layout)."""
+  path = paths.absolute(path)
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),

@@ -22,7 +22,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from stvit_jax import checkpoint, evaluate, models, optim, sharding
+from stvit_jax import checkpoint, evaluate, models, optim, paths, sharding
 from stvit_jax.data import mixup, pipeline
 
 Steps = collections.namedtuple(
@@ -206,7 +206,7 @@ def check_config(config, info, mesh):
 
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns a summary."""
-  workdir = os.fspath(workdir)
+  workdir = paths.absolute(workdir)
   mesh = sharding.make_mesh(config)
   info = pipeline.dataset_info(config.data)
   check_config(config, info, mesh)

@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from stvit_jax import paths
+
 WEIGHTS, PROVENANCE = 'weights', 'provenance.json'
 COLLECTIONS = {'params': nnx.Param, 'batch_stats': nnx.BatchStat}
 HEADS = ('head', 'head_dist')  # the leaves a class-count change may replace
@@ -57,7 +59,7 @@ def _flatten_tree(tree):
 
 def save_weights(directory, model, provenance: dict):
   """Writes `model`'s Param and BatchStat arrays and `provenance` under `directory`."""
-  directory = os.path.abspath(os.fspath(directory))
+  directory = paths.absolute(directory)
   os.makedirs(directory, exist_ok=True)
   target = os.path.join(directory, WEIGHTS)
   if os.path.exists(target):
@@ -89,7 +91,7 @@ def load_weights(model, directory, *, replace_head=False) -> dict:
   weight. With `replace_head=True`, `head` / `head_dist` weights whose shapes
   differ (another class count) keep the model's fresh initialisation.
   """
-  directory = os.path.abspath(os.fspath(directory))
+  directory = paths.absolute(directory)
   path = os.path.join(directory, WEIGHTS)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no weights at {path}: expected a directory written by '

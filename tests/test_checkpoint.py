@@ -79,6 +79,26 @@ def test_init_from_an_earlier_run(earlier_run, data_dir, tmp_path):
     train.train_and_evaluate(other, tmp_path / 'other')
 
 
+def test_relative_workdir_and_init_from(earlier_run, data_dir, tmp_path, monkeypatch):
+  """`--workdir=runs/x` (the README's quickstart) and a relative init_from: orbax itself
+  accepts only absolute paths."""
+  monkeypatch.chdir(tmp_path)
+  os.symlink(earlier_run, 'earlier')
+  config = tiny_config(data_dir)
+  config.init_from = 'earlier'
+  summary = train.train_and_evaluate(config, os.path.join('runs', 'relative'))
+  assert summary['final_step'] == 2
+  assert sorted(os.listdir(tmp_path / 'runs' / 'relative' / 'checkpoints')) == ['1', '2']
+  np.testing.assert_array_equal(params_of('earlier', 2)['head/kernel'],
+                                params_of(str(tmp_path / 'runs' / 'relative'), 1)['head/kernel'])
+
+
+def test_absolute_keeps_urls():
+  from stvit_jax import paths
+  assert paths.absolute('gs://bucket/run') == 'gs://bucket/run'
+  assert paths.absolute('runs/x') == os.path.join(os.getcwd(), 'runs', 'x')
+
+
 def test_init_from_converted_weights_replaces_a_head_of_other_classes(data_dir, tmp_path):
   source = models.create('stvit_deit_tiny', seed=7, img_size=32, patch_size=4,
                          num_semantic=16, num_classes=5, **TINY)
