@@ -34,7 +34,7 @@ import sys
 import numpy as np
 from flax import nnx
 
-from stvit_jax import models, weights
+from stvit_jax import models, paths, weights
 
 IGNORED = (  # buffers that the JAX models rebuild as numpy constants
     (re.compile(r'(^|\.)num_batches_tracked$'), 'BatchNorm step counter'),
@@ -365,7 +365,7 @@ def main(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--model', required=True, help='registry name, e.g. stvit_r_swin_small')
   parser.add_argument('--src', required=True, help='source file: ' + ', '.join(FORMATS))
-  parser.add_argument('--out', required=True, help='output directory (orbax + provenance.json)')
+  parser.add_argument('--out', required=True, help='output directory, local or gs:// (orbax + provenance.json)')
   parser.add_argument('--num_classes', type=int, help='default: the source head; another '
                       'value gives a freshly initialised head')
   parser.add_argument('--img_size', type=int, help="default: the model's; DeiT position "
@@ -419,7 +419,7 @@ def main(argv=None):
     print(f'  {note}')
   if conv.fresh:
     print(f'  freshly initialised: {", ".join(conv.fresh)}')
-  print(f'wrote {os.path.abspath(args.out)}')
+  print(f'wrote {paths.absolute(args.out)}')
   print(json.dumps(provenance, indent=2, sort_keys=True))
 
 

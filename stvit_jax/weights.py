@@ -14,11 +14,11 @@ difference is a classifier head of another class count with `replace_head=True`.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from stvit_jax import paths
@@ -59,10 +59,10 @@ def _flatten_tree(tree):
 
 def save_weights(directory, model, provenance: dict):
   """Writes `model`'s Param and BatchStat arrays and `provenance` under `directory`."""
-  directory = paths.absolute(directory)
-  os.makedirs(directory, exist_ok=True)
-  target = os.path.join(directory, WEIGHTS)
-  if os.path.exists(target):
+  directory = epath.Path(paths.absolute(directory))  # local or gs://
+  directory.mkdir(parents=True, exist_ok=True)
+  target = directory / WEIGHTS
+  if target.exists():
     raise FileExistsError(f'{target} already exists; choose another output directory '
                           'or delete it first')
   flat = {k: (np.asarray(v) if getattr(v, 'is_fully_addressable', True) else v)
@@ -70,14 +70,11 @@ def save_weights(directory, model, provenance: dict):
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(target, _nest(flat))
   checkpointer.wait_until_finished()
-  with open(os.path.join(directory, PROVENANCE), 'w') as f:
-    json.dump(provenance, f, indent=2, sort_keys=True)
-    f.write('\n')
+  (directory / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + '\n')
 
 
 def read_provenance(directory):
-  with open(os.path.join(os.fspath(directory), PROVENANCE)) as f:
-    return json.load(f)
+  return json.loads((epath.Path(paths.absolute(directory)) / PROVENANCE).read_text())
 
 
 def _is_head(name):
@@ -91,9 +88,9 @@ def load_weights(model, directory, *, replace_head=False) -> dict:
   weight. With `replace_head=True`, `head` / `head_dist` weights whose shapes
   differ (another class count) keep the model's fresh initialisation.
   """
-  directory = paths.absolute(directory)
-  path = os.path.join(directory, WEIGHTS)
-  if not os.path.isdir(path):
+  directory = epath.Path(paths.absolute(directory))  # local or gs://
+  path = directory / WEIGHTS
+  if not path.is_dir():
     raise FileNotFoundError(f'no weights at {path}: expected a directory written by '
                             'stvit_jax.weights.save_weights (python -m stvit_jax.convert)')
   checkpointer = ocp.StandardCheckpointer()
@@ -130,8 +127,7 @@ def load_weights(model, directory, *, replace_head=False) -> dict:
       if name not in kept:
         var.set_value(restored[name])
     nnx.update(model, state)
-  return read_provenance(directory) if os.path.exists(
-      os.path.join(directory, PROVENANCE)) else {}
+  return read_provenance(directory) if (directory / PROVENANCE).exists() else {}
 
 
 def create_model(directory, *, replace_head=False, **overrides):
