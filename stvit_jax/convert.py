@@ -365,7 +365,8 @@ def main(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--model', required=True, help='registry name, e.g. stvit_r_swin_small')
   parser.add_argument('--src', required=True, help='source file: ' + ', '.join(FORMATS))
-  parser.add_argument('--out', required=True, help='output directory, local or gs:// (orbax + provenance.json)')
+  parser.add_argument('--out', required=True,
+                      help='output directory, local or gs:// (orbax + provenance.json)')
   parser.add_argument('--num_classes', type=int, help='default: the source head; another '
                       'value gives a freshly initialised head')
   parser.add_argument('--img_size', type=int, help="default: the model's; DeiT position "
