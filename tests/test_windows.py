@@ -10,53 +10,16 @@ order or head split changes the numbers.
 """
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from scipy.special import erf
 
+from numpy_reference import apply, dense, gelu, ln, params, randomize, softmax
 from stvit_jax.models import layers, swin
 
 # --------------------------------------------------------------------------
 # helpers
-
-
-def _name(key):
-  for attr in ('key', 'name', 'idx'):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def randomize(module, seed):
-  """Replaces every Param with values that make each of them matter."""
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = [n for n in map(_name, path) if n != 'value'][-1]
-    shape = leaf.shape
-    if name == 'kernel':
-      value = rng.normal(size=shape) / math.sqrt(shape[0])
-    elif name == 'scale':
-      value = 1.0 + 0.3 * rng.normal(size=shape)
-    elif name == 'relative_position_bias_table':
-      value = rng.normal(size=shape)  # std 1: a wrong index is visible
-    else:
-      value = 0.3 * rng.normal(size=shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  nnx.update(module, jax.tree_util.tree_map_with_path(draw, nnx.state(module, nnx.Param)))
-
-
-def params(module):
-  """{'attn.qkv.kernel': float64 array, ...} read from the module's state."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(module, nnx.Param)):
-    names = [n for n in map(_name, path) if n != 'value']
-    out['.'.join(names)] = np.asarray(leaf, np.float64)
-  return out
 
 
 @pytest.fixture(autouse=True)
@@ -64,38 +27,6 @@ def cheap_init(monkeypatch):
   """Every Param is overwritten by `randomize`, so skip the truncated-normal
   init: compiling it op by op for each shape costs seconds on a CPU."""
   monkeypatch.setattr(layers, 'dense_init', nnx.initializers.zeros)
-
-
-def apply(module, *args, **kwargs):
-  """`module(*args, **kwargs)` under one jax.jit (one compile, not one per op)."""
-  graphdef, state = nnx.split(module)
-
-  @jax.jit
-  def run(state, *args):
-    return nnx.merge(graphdef, state)(*args, **kwargs)
-
-  return run(state, *args)
-
-
-def ln(x, p, name, eps=1e-5):
-  mean = x.mean(-1, keepdims=True)
-  var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) / np.sqrt(var + eps) * p[name + '.scale'] + p[name + '.bias']
-
-
-def dense(x, p, name):
-  y = x @ p[name + '.kernel']
-  return y + p[name + '.bias'] if name + '.bias' in p else y
-
-
-def gelu(x):
-  return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
-
-
-def softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
 
 
 # --------------------------------------------------------------------------
