@@ -10,6 +10,7 @@ import contextlib
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -51,3 +52,23 @@ def mocked(data_dir):
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir,
                               as_dataset_fn=fake_as_dataset):
     yield data_dir
+
+
+def fixtures(splits):
+  """Module-level fixtures for a test file: `metadata_dir` (split sizes written once per
+  module) and `mock_imagenet` (the mock active; yields the data_dir).
+
+    metadata_dir, mock_imagenet = imagenet_mock.fixtures({'train': 40, 'validation': 25})
+  """
+  @pytest.fixture(scope='module')
+  def metadata_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp('tfds'))
+    write_metadata(data_dir, splits)
+    return data_dir
+
+  @pytest.fixture
+  def mock_imagenet(metadata_dir):  # pylint: disable=redefined-outer-name
+    with mocked(metadata_dir) as data_dir:
+      yield data_dir
+
+  return metadata_dir, mock_imagenet

@@ -12,17 +12,7 @@ NUM = {'train': 37, 'validation': 23}
 SIZE = 64  # image_size for the tests; the mock's JPEGs are 16..48 px
 
 
-@pytest.fixture(scope='module')
-def metadata_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  imagenet_mock.write_metadata(data_dir, NUM)
-  return data_dir
-
-
-@pytest.fixture
-def mock_imagenet(metadata_dir):
-  with imagenet_mock.mocked(metadata_dir):
-    yield
+metadata_dir, mock_imagenet = imagenet_mock.fixtures(NUM)
 
 
 @pytest.fixture

@@ -40,17 +40,7 @@ def get_config(name, variant=''):
 # ------------------------------------------------------------ mocked imagenet2012
 
 
-@pytest.fixture(scope='module')
-def metadata_dir(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  imagenet_mock.write_metadata(data_dir, SPLITS)
-  return data_dir
-
-
-@pytest.fixture
-def mock_imagenet(metadata_dir):
-  with imagenet_mock.mocked(metadata_dir) as data_dir:
-    yield data_dir
+metadata_dir, mock_imagenet = imagenet_mock.fixtures(SPLITS)
 
 
 def shrink(config, model, **extra):
