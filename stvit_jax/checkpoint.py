@@ -80,6 +80,8 @@ class Checkpointer:
 
   def save(self, step, state, meta, *, force=False):
     """Saves `state` (at `step`) if the interval or `force` says so; async."""
+    if not (force or self.manager.should_save(step)):  # most steps: build nothing
+      return False
     train = {k: v for k, v in state.items() if k not in ('params', 'batch_stats')}
     saved = self.manager.save(step, force=force, args=ocp.args.Composite(
         params=ocp.args.StandardSave({'params': state['params'],
