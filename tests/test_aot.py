@@ -105,6 +105,7 @@ print(json.dumps({'report': r, 'text': aot.format_report(r), 'shard_bytes': shar
 """
 
 
+@pytest.mark.slow
 def test_compiles_tiny_stvit_train_step_for_v5e_2x2(libtpu_pythonpath):
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
       p for p in (libtpu_pythonpath, os.environ.get('PYTHONPATH', '')) if p)}

@@ -69,6 +69,7 @@ def test_quickstart_is_small():
   assert config.model.num_semantic == 16
 
 
+@pytest.mark.slow
 def test_unknown_config_key_fails_naming_the_field(tmp_path):
   cmd = [sys.executable, '-m', 'stvit_jax.main', '--config=configs/quickstart.py',
          f'--workdir={tmp_path}', '--config.optim.lrate=0.1']

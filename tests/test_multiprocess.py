@@ -81,6 +81,7 @@ def final_state(workdir):
   return out
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(data_dir, tmp_path):
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   t0 = time.time()
@@ -109,6 +110,7 @@ def test_two_processes_match_one(data_dir, tmp_path):
   assert abs(ev1['eval_top1'] - ev2['eval_top1']) <= 1 / 360
 
 
+@pytest.mark.slow
 def test_killed_process_makes_the_survivor_fail(data_dir, tmp_path):
   workdir = str(tmp_path / 'killed')
   procs = launch(workdir, data_dir, '--config.total_steps=100000',
@@ -134,6 +136,7 @@ def test_killed_process_makes_the_survivor_fail(data_dir, tmp_path):
   assert elapsed < 120
 
 
+@pytest.mark.slow
 def test_missing_process_fails_clearly(data_dir, tmp_path):
   workdir = str(tmp_path / 'alone')
   (proc,) = launch(workdir, data_dir, processes=2, devices=4, only=[0],

@@ -103,6 +103,7 @@ def tiny_stvit_weights(tmp_path):
   return directory
 
 
+@pytest.mark.slow
 def test_quick_tour(tmp_path, tiny_stvit_weights):
   out = tmp_path / 'tour'
   text, pngs, _ = execute('01_quick_tour.ipynb', tmp_path, TINY=True, OUT_DIR=str(out),
@@ -138,6 +139,7 @@ def converted_deit_tiny(tmp_path):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('init_from', [False, True], ids=['scratch', 'init_from'])
 def test_finetune(tmp_path, digits_dir, init_from, request):
   workdir = tmp_path / 'run'
@@ -159,6 +161,7 @@ def test_finetune(tmp_path, digits_dir, init_from, request):
   assert pngs >= 1  # the test digits, shown inline
 
 
+@pytest.mark.slow
 def test_sharding(tmp_path):
   text, _, _ = execute('03_sharding.ipynb', tmp_path, TINY=True, STEPS=2)
   assert '8 devices (cpu, cpu)' in text  # the first cell's fake devices

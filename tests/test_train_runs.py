@@ -13,6 +13,8 @@ import pytest
 
 from stvit_jax import checkpoint
 
+pytestmark = pytest.mark.slow  # every test runs `python -m stvit_jax.main` in subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
 # A tiny STViT-DeiT with everything random switched on: mixup/cutmix, stochastic
