@@ -7,6 +7,8 @@ import ml_collections
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Datasets whose examples are videos (data/kinetics.py, data/moving_digits.py).
+VIDEO_DATASETS = ('kinetics400', 'kinetics600', 'kinetics700', 'stvit_moving_digits')
 
 
 def data_config(name='imagenet2012'):
@@ -55,6 +57,53 @@ def data_config(name='imagenet2012'):
   c.randaugment = ''
   c.color_jitter = 0.0
   c.reprob = 0.0
+  c.shuffle_buffer = 2048
+  c.cache = True
+  c.shard_by = 'global'
+  return c
+
+
+def video_data_config(name='kinetics400'):
+  """Video pipeline fields (data/video.py): spec VIDEO.md section 1's sampling and views."""
+  if name not in VIDEO_DATASETS:
+    raise ValueError(f'video_data_config(name={name!r}): video datasets are {VIDEO_DATASETS}')
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.data_dir = None             # None: TFDS default; may be gs://
+  c.train_split = 'train'
+  c.eval_split = 'validation'
+  c.image_size = 224            # crop side (train and eval)
+  c.num_frames = 32             # frames per clip
+  c.frame_stride = 2            # on the native frame rate; short videos loop
+  # train: one RandomResizedCrop box and one flip for every frame of a clip
+  c.crop_scale = (0.08, 1.0)
+  c.crop_ratio = (3 / 4, 4 / 3)
+  c.hflip = 0.5
+  c.interpolation = 'bilinear'
+  # eval: views = eval_clips evenly spaced clips x eval_crops crops along the long side
+  # of frames resized to short side image_size; softmax averaged over the views
+  c.eval_clips = 4
+  c.eval_crops = 3
+  c.single_frame = False        # every clip = one sampled frame repeated (a baseline)
+  c.mean = IMAGENET_MEAN
+  c.std = IMAGENET_STD
+  c.shuffle_buffer = 256        # undecoded videos (~6 MB each for Kinetics) per process
+  c.cache = False
+  c.shard_by = 'process'
+  c.prefetch = 2
+  if name != 'stvit_moving_digits':
+    return c
+  # 32x32 clips of digits moving across a canvas: motion classes, small crops would
+  # cut the digit out; flips would swap left and right.
+  c.image_size = 32
+  c.num_frames = 8
+  c.crop_scale = (0.7, 1.0)
+  c.crop_ratio = (0.9, 1 / 0.9)
+  c.hflip = 0.0
+  c.eval_clips = 2
+  c.eval_crops = 1
+  c.mean = (0.5, 0.5, 0.5)
+  c.std = (0.5, 0.5, 0.5)
   c.shuffle_buffer = 2048
   c.cache = True
   c.shard_by = 'global'

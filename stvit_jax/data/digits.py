@@ -85,36 +85,39 @@ def _build(builder):
       try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
 
 
-def prepared_builder(data_dir=None, *, timeout_s=600):
+def prepared_builder(data_dir=None, *, timeout_s=600, builder_cls=None, build=_build):
   """The builder, preparing the dataset first if needed; safe when processes race.
 
   Local data_dir: an exclusive file lock, so one process builds and the rest
   then read. Remote (gs://): JAX process 0 builds and the others wait.
+  builder_cls, build(builder): another self-building dataset (moving_digits.py).
   """
-  builder = StvitDigits(data_dir=data_dir)
+  builder_cls = builder_cls or StvitDigits
+  name = builder_cls.name
+  builder = builder_cls(data_dir=data_dir)
   if builder.is_prepared():
     return builder
   root = os.fspath(builder.data_path.parent.parent)
   if '://' not in root:
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, f'.{NAME}.lock'), 'a') as lock:
+    with open(os.path.join(root, f'.{name}.lock'), 'a') as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       try:
-        builder = StvitDigits(data_dir=data_dir)  # another process may have built it
+        builder = builder_cls(data_dir=data_dir)  # another process may have built it
         if not builder.is_prepared():
-          _build(builder)
+          build(builder)
       finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
   else:
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() == 0:
-      _build(builder)
+      build(builder)
     deadline = time.time() + timeout_s
-    while not StvitDigits(data_dir=data_dir).is_prepared():
+    while not builder_cls(data_dir=data_dir).is_prepared():
       if time.time() > deadline:
-        raise TimeoutError(f'{NAME} did not appear in data_dir={data_dir!r} within {timeout_s}s; '
+        raise TimeoutError(f'{name} did not appear in data_dir={data_dir!r} within {timeout_s}s; '
                            'process 0 builds it: check its log, or build it once with '
-                           f'`python -c "from stvit_jax.data import digits; '
-                           f'digits.prepared_builder({data_dir!r})"`')
+                           f'`python -c "import {builder_cls.__module__} as m; '
+                           f'm.prepared_builder({data_dir!r})"`')
       time.sleep(2)
-  return StvitDigits(data_dir=data_dir)
+  return builder_cls(data_dir=data_dir)

@@ -21,6 +21,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from stvit_jax.data import augment
+from stvit_jax.data import defaults
 from stvit_jax.data import digits
 from stvit_jax.data import preprocess
 
@@ -94,6 +95,10 @@ def get_builder(cfg):
   """A prepared TFDS builder for cfg.name; stvit_digits builds itself on first use."""
   if cfg.name == digits.NAME:
     return digits.prepared_builder(cfg.data_dir)
+  if cfg.name in defaults.VIDEO_DATASETS:
+    raise ValueError(f'data.name={cfg.name!r} is a video dataset, and this config trains an '
+                     'image model; use a video config (configs/video_*.py) or an image '
+                     f"dataset ('imagenet2012', '{digits.NAME}')")
   try:
     builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -102,6 +107,9 @@ def get_builder(cfg):
   if not builder.is_prepared():
     raise FileNotFoundError(_missing_message(builder, cfg))
   features = builder.info.features
+  if 'video' in features:
+    raise ValueError(f'data.name={cfg.name!r} holds videos, and this config trains an image '
+                     'model; use a video config (configs/video_*.py)')
   if 'image' not in features or 'label' not in features:
     raise ValueError(f'data.name={cfg.name!r} has features {list(features)}; '
                      "an 'image' and a 'label' feature are needed")
@@ -192,20 +200,25 @@ def _seed(*values):
 
 
 def _read(builder, split, *, shuffle_seed=None):
-  """Undecoded records; files in seeded order when shuffle_seed is given."""
+  """Undecoded records; files in seeded order when shuffle_seed is given.
+
+  Images and video frames stay encoded: the transforms decode what they use.
+  """
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
                                 options=_options())
+  skip = {k: tfds.decode.SkipDecoding() for k in ('image', 'video')
+          if k in builder.info.features}
   return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
-                            decoders={'image': tfds.decode.SkipDecoding()},
-                            read_config=read_config)
+                            decoders=skip, read_config=read_config)
 
 
 def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0,
-                process_index=0, records=None, keep=(0, 1)):
+                process_index=0, records=None, keep=(0, 1), prep=None):
   """Batches [start_batch, steps) of one epoch of this process's share, as a tf.data.Dataset.
 
   keep=(i, n): the stream is of global batches of n * batch records, of which this
   process keeps rows [i * batch, (i + 1) * batch) (data.shard_by='global').
+  prep(record, seed) -> example dict (default: the image train transform).
   """
   shuffle_seed = _seed(seed, epoch)
   ds = records if records is not None else _read(builder, split, shuffle_seed=shuffle_seed)
@@ -217,26 +230,32 @@ def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0
     ds = ds.filter(lambda position, ex: (position % rows) // size == mine)
   base = tf.constant([_seed(seed, epoch, process_index, 1), _seed(seed, epoch, process_index, 2)],
                      tf.int64)
-  transform = preprocess.train_transform(cfg, _is_jpeg(builder))
+  if prep is None:
+    transform = preprocess.train_transform(cfg, _is_jpeg(builder))
+    prep = lambda ex, s: {'image': transform(ex['image'], s),  # pylint: disable=g-long-lambda
+                          'label': tf.cast(ex['label'], tf.int32)}
 
-  def prep(position, ex):
-    example_seed = tf.random.experimental.stateless_fold_in(base, position)
-    return {'image': transform(ex['image'], example_seed),
-            'label': tf.cast(ex['label'], tf.int32)}
+  def seeded(position, ex):
+    return prep(ex, tf.random.experimental.stateless_fold_in(base, position))
 
-  ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(seeded, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True)
   return ds.prefetch(cfg.prefetch).with_options(_options())
 
 
 def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=None,
-                   process_count=None):
-  """Infinite iterator of dict(image float32 (b, H, W, 3), label int32 (b,)) from start_step."""
-  _check_config(cfg)
+                   process_count=None, builder=None, prep=None):
+  """Infinite iterator of dict(image float32 (b, H, W, 3), label int32 (b,)) from start_step.
+
+  builder, prep: another dataset kind's checked builder and per-example transform
+  (data/video.py); the sharding, shuffling and resume logic stays this one.
+  """
+  if builder is None:
+    _check_config(cfg)
+    builder = get_builder(cfg)
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f'seed={seed!r} must be a non-negative int')
   p, n, b = _layout(global_batch_size, process_index, process_count)
-  builder = get_builder(cfg)
   if _shard_by(cfg) == 'global':  # the whole split, global positions: as if one process
     steps = _steps(builder, cfg, b * n, 1)
     split = process_split(cfg.train_split, 0, 1, drop_remainder=True)
@@ -255,7 +274,8 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
     e, j = epoch, start_batch
     while True:
       ds = train_epoch(builder, cfg, split=split, epoch=e, seed=seed, batch=b, steps=steps,
-                       start_batch=j, process_index=seed_index, records=records, keep=keep)
+                       start_batch=j, process_index=seed_index, records=records, keep=keep,
+                       prep=prep)
       yield from ds.as_numpy_iterator()
       e, j = e + 1, 0
 
