@@ -85,7 +85,7 @@ def _build(builder):
       try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
 
 
-def prepared_builder(data_dir=None, *, timeout_s=600, builder_cls=None, build=_build):
+def prepared_builder(data_dir=None, *, timeout_s=600, builder_cls=None, build=None):
   """The builder, preparing the dataset first if needed; safe when processes race.
 
   Local data_dir: an exclusive file lock, so one process builds and the rest
@@ -93,6 +93,7 @@ def prepared_builder(data_dir=None, *, timeout_s=600, builder_cls=None, build=_b
   builder_cls, build(builder): another self-building dataset (moving_digits.py).
   """
   builder_cls = builder_cls or StvitDigits
+  build = build or _build
   name = builder_cls.name
   builder = builder_cls(data_dir=data_dir)
   if builder.is_prepared():
