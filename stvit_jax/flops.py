@@ -7,6 +7,9 @@ exactly the ops the model runs, at any size, without computing anything.
 
     python -m stvit_jax.flops                       # every registered model
     python -m stvit_jax.flops MODEL [MODEL ...] --image_size 224 --json macs.json
+
+Video models count one clip of --num_frames frames (default 32 x 224 x 224),
+GMACs per view as the Video Swin paper reports them.
 """
 import argparse
 import functools
@@ -95,15 +98,18 @@ def count_params(model) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def model_macs(model, image_size: int = 224, batch: int = 1) -> int:
-  """MACs per image of `model(images, train=False) -> (logits, aux)`.
+def model_macs(model, image_size: int = 224, batch: int = 1, num_frames: int = 32) -> int:
+  """MACs per image (per clip of `num_frames` frames for video models, whose
+  `input_kind` is 'video') of `model(inputs, train=False) -> (logits, aux)`.
 
   Works on abstract models from `nnx.eval_shape`: nothing is computed or allocated.
   """
-  if batch < 1 or image_size < 1:
-    raise ValueError(f'model_macs: batch={batch} and image_size={image_size} must be >= 1')
+  if batch < 1 or image_size < 1 or num_frames < 1:
+    raise ValueError(f'model_macs: batch={batch}, image_size={image_size} and '
+                     f'num_frames={num_frames} must be >= 1')
   graphdef, state = nnx.split(model)
-  images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+  frames = (num_frames,) if getattr(model, 'input_kind', 'image') == 'video' else ()
+  images = jax.ShapeDtypeStruct((batch, *frames, image_size, image_size, 3), jnp.float32)
   # Only logits are returned: aux outputs are by-products, not extra compute.
   macs = count_macs(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0], state, images)
   return macs // batch
@@ -115,7 +121,10 @@ def main(argv=None):
   parser.add_argument('models', nargs='*', metavar='MODEL',
                       help='registered model names (default: all)')
   parser.add_argument('--image_size', type=int, default=224)
-  parser.add_argument('--num_classes', type=int, default=1000)
+  parser.add_argument('--num_frames', type=int, default=32,
+                      help='frames per clip for video models')
+  parser.add_argument('--num_classes', type=int, default=None,
+                      help="default: the model's own (1000 for images, 400 for video)")
   parser.add_argument('--json', metavar='PATH', help='also write the results as JSON')
   args = parser.parse_args(argv)
   from stvit_jax import models  # Lazy: the CLI is the only part that needs the registry.
@@ -127,12 +136,15 @@ def main(argv=None):
   for name in names:
     try:
       # eval_shape: shapes only, so full-size models cost no memory or init time.
-      model = nnx.eval_shape(
-          lambda: models.create(name, num_classes=args.num_classes, rngs=nnx.Rngs(0)))
+      classes = {} if args.num_classes is None else {'num_classes': args.num_classes}
+      model = nnx.eval_shape(lambda: models.create(name, **classes, rngs=nnx.Rngs(0)))
     except ValueError as err:  # Unknown name: the registry lists the valid ones.
       raise SystemExit(str(err)) from None
-    params, macs = count_params(model), model_macs(model, args.image_size)
+    params = count_params(model)
+    macs = model_macs(model, args.image_size, num_frames=args.num_frames)
     results[name] = {'params': params, 'macs': macs, 'image_size': args.image_size}
+    if getattr(model, 'input_kind', 'image') == 'video':
+      results[name]['num_frames'] = args.num_frames
     print(f'{name:<{width}}  {params:>13,}  {macs / 1e9:>8.2f}', flush=True)
   if args.json:
     with open(args.json, 'w') as f:

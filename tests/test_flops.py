@@ -147,7 +147,7 @@ def fake_registry(monkeypatch):
   import stvit_jax
   table = {'tiny_a': 10, 'tiny_b_longer_name': 1000}
 
-  def create(name, *, num_classes, rngs):
+  def create(name, *, num_classes=1000, rngs):
     if name not in table:
       raise ValueError(f'unknown model {name!r}; valid: {sorted(table)}')
     return TinyNet(num_classes, rngs=rngs)

@@ -10,7 +10,7 @@ import inspect
 import jax.numpy as jnp
 from flax import nnx
 
-from stvit_jax.models import stvit, stvit_r_dense, stvit_swin, swin, vit
+from stvit_jax.models import stvit, stvit_r_dense, stvit_swin, swin, video_swin, vit
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -35,6 +35,8 @@ def _table():
     table[f'swin_{size}'] = (swin.SwinTransformer, _swin(size))
     table[f'stvit_r_swin_{size}'] = (stvit_swin.STViTSwin, _swin(size, recovery=True))
     table[f'stvit_swin_{size}'] = (stvit_swin.STViTSwin, _swin(size, recovery=False))
+  for size in video_swin.VARIANTS:
+    table[f'video_swin_{size}'] = (video_swin.VideoSwinTransformer, _swin(size))
   return table
 
 
