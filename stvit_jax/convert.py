@@ -291,12 +291,16 @@ def convert(name, state_dict, **options):
   Only the weights in `Conversion.fresh` (a replaced head) keep their initialisation."""
   conversion, kwargs, layout = plan(name, state_dict, **options)
   model = models.create(name, **kwargs)
+  _fill(model, conversion)
+  return model, conversion, layout
+
+
+def _fill(model, conversion):
   for collection, kind in weights.COLLECTIONS.items():
     for path, var in nnx.to_flat_state(nnx.state(model, kind)):
       key = f'{collection}/{".".join(map(str, path))}'
       if key in conversion.arrays:
         var.set_value(conversion.arrays[key])
-  return model, conversion, layout
 
 
 def load_state_dict(path, key=None):
@@ -360,6 +364,39 @@ def _parse_override(text):
     return k, v
 
 
+def convert_file(name, src, out, *, key=None, num_classes=None, img_size=None, layout='auto',
+                 extra_provenance=None, **overrides):
+  """Converts the file `src` for model `name` and writes weights + provenance.json to
+  `out` (stvit_jax.weights); returns (provenance, Conversion, state_dict)."""
+  state_dict, key = load_state_dict(src, key)
+  state_dict, stripped = strip_prefix(state_dict)
+  conv, kwargs, layout = plan(name, state_dict, num_classes=num_classes, img_size=img_size,
+                              layout=layout, **overrides)
+  if conv.fresh:  # a replaced head needs its initialisation
+    model = models.create(name, **kwargs)
+  else:  # every weight comes from the source: shapes only, no initialiser compiled or run
+    model = nnx.eval_shape(lambda: models.create(name, **kwargs))
+  _fill(model, conv)
+  classes = model.head.out_features
+  options = dict(overrides, num_classes=classes)
+  if img_size is not None:
+    options['img_size'] = img_size
+  reasons = {}
+  for reason in conv.ignored.values():
+    reasons[reason] = reasons.get(reason, 0) + 1
+  provenance = {
+      'model': name, 'num_classes': classes, 'options': options,
+      'source': {'file': os.path.basename(src), 'sha256': sha256(src),
+                 'format': os.path.splitext(src)[1].lstrip('.'), 'key': key,
+                 'layout': layout, 'stripped_module_prefix': stripped,
+                 'tensors': len(state_dict), **(extra_provenance or {})},
+      'consumed': len(conv.consumed), 'ignored': reasons, 'fresh': conv.fresh,
+      'notes': conv.notes, 'tool': 'stvit_jax.convert',
+  }
+  weights.save_weights(out, model, provenance)
+  return provenance, conv, state_dict
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog='python -m stvit_jax.convert', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -382,8 +419,6 @@ def main(argv=None):
   if not os.path.isfile(args.src):
     parser.error(f'--src {args.src!r}: no such file')
 
-  state_dict, key = load_state_dict(args.src, args.key)
-  state_dict, stripped = strip_prefix(state_dict)
   overrides = dict(args.overrides)
   for field in ('num_classes', 'img_size'):  # --set img_size=S means --img_size S
     if field in overrides:
@@ -391,27 +426,12 @@ def main(argv=None):
         parser.error(f'--{field} and --set {field}=... both given; use --{field}')
       setattr(args, field, overrides.pop(field))
   try:
-    model, conv, layout = convert(args.model, state_dict, num_classes=args.num_classes,
-                                  img_size=args.img_size, layout=args.layout, **overrides)
+    provenance, conv, state_dict = convert_file(
+        args.model, args.src, args.out, key=args.key, num_classes=args.num_classes,
+        img_size=args.img_size, layout=args.layout, **overrides)
   except ConversionError as e:
     sys.exit(f'error: {args.src} does not convert to {args.model}:\n{e}')
-  classes = model.head.out_features
-  options = dict(overrides, num_classes=classes)
-  if args.img_size is not None:
-    options['img_size'] = args.img_size
-  reasons = {}
-  for reason in conv.ignored.values():
-    reasons[reason] = reasons.get(reason, 0) + 1
-  provenance = {
-      'model': args.model, 'num_classes': classes, 'options': options,
-      'source': {'file': os.path.basename(args.src), 'sha256': sha256(args.src),
-                 'format': os.path.splitext(args.src)[1].lstrip('.'), 'key': key,
-                 'layout': layout, 'stripped_module_prefix': stripped,
-                 'tensors': len(state_dict)},
-      'consumed': len(conv.consumed), 'ignored': reasons, 'fresh': conv.fresh,
-      'notes': conv.notes, 'tool': 'stvit_jax.convert',
-  }
-  weights.save_weights(args.out, model, provenance)
+  key, reasons = provenance['source']['key'], provenance['ignored']
   print(f'{args.src}: {len(state_dict)} tensors, {len(conv.consumed)} consumed, '
         f'{len(conv.ignored)} ignored' + (f" (from entry '{key}')" if key else ''))
   for reason, count in sorted(reasons.items()):

@@ -319,14 +319,17 @@ def train_and_evaluate(config, workdir):
 
 def init_from(config, state, graphdef, rngs, meta, shardings):
   """Replaces the fresh params (and batch stats) by those of `config.init_from`."""
+  from stvit_jax import pretrained, weights  # pylint: disable=g-import-not-at-top
   params, stats = jax.device_get((state['params'], state['batch_stats']))
-  if checkpoint.is_run_checkpoint(config.init_from):
-    params, stats, provenance = checkpoint.load_run_params(config.init_from, params, stats, meta)
+  # 'pretrained', hf://, https://: downloaded and converted once into the user's cache.
+  source = pretrained.resolve(config.init_from, model=config.model.name,
+                              options=model_kwargs(config))
+  if checkpoint.is_run_checkpoint(source):
+    params, stats, provenance = checkpoint.load_run_params(source, params, stats, meta)
   else:
-    from stvit_jax import weights  # pylint: disable=g-import-not-at-top
     model = nnx.merge(graphdef, params, stats, rngs)
     # replace_head: a head of another class count keeps its fresh init; the rest is strict.
-    provenance = weights.load_weights(model, config.init_from, replace_head=True)
+    provenance = weights.load_weights(model, source, replace_head=True)
     _, params, stats, _ = split(model)
   logging.info('init_from %s: %s', config.init_from, provenance)
   state = dict(state, params=params, batch_stats=stats)

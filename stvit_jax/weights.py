@@ -81,13 +81,19 @@ def _is_head(name):
   return name.split('/', 1)[1].split('.')[0] in HEADS
 
 
-def load_weights(model, directory, *, replace_head=False) -> dict:
+def load_weights(model, directory, *, replace_head=False, name=None, options=None) -> dict:
   """Fills `model` in place from `directory`; returns the provenance dict.
+
+  `directory` may also be an address (`pretrained`, hf://..., https://...): it is
+  downloaded and converted once into the cache (stvit_jax.pretrained) for the
+  registry model `name` built with constructor `options`.
 
   Strict: raises ValueError naming every missing, unexpected and mis-shaped
   weight. With `replace_head=True`, `head` / `head_dist` weights whose shapes
   differ (another class count) keep the model's fresh initialisation.
   """
+  from stvit_jax import pretrained  # here: it imports the registry, which imports models
+  directory = pretrained.resolve(directory, model=name, options=options)
   directory = epath.Path(paths.absolute(directory))  # local or gs://
   path = directory / WEIGHTS
   if not path.is_dir():
@@ -133,10 +139,13 @@ def load_weights(model, directory, *, replace_head=False) -> dict:
 def create_model(directory, *, replace_head=False, **overrides):
   """Builds the model named in `directory`'s provenance and loads its weights.
 
+  An address from the catalogue (hf://..., https://...) names its model itself.
+
   `overrides` replace constructor arguments recorded at conversion (e.g.
   `num_classes=10` with `replace_head=True` for fine-tuning on 10 classes).
   """
-  from stvit_jax import models  # here: the models import nothing from this module
+  from stvit_jax import models, pretrained  # here: the models import nothing from this module
+  directory = pretrained.resolve(directory)
   provenance = read_provenance(directory)
   kwargs = {**provenance.get('options', {}), **overrides}
   model = models.create(provenance['model'], **kwargs)

@@ -72,13 +72,22 @@ def _lookup(name, dense=False):
   return cls, variant
 
 
-def create(name, *, rngs=None, seed=0, dtype='float32', dense=False, **overrides):
+def create(name, *, rngs=None, seed=0, dtype='float32', dense=False, pretrained=False,
+           **overrides):
   """Builds model `name` with float32 parameters and `dtype` compute.
+
+  `pretrained`: True loads the weights of `name`'s catalogue entry (models/catalogue.py),
+  a string those of an address or converted directory (stvit_jax.pretrained: download,
+  convert and cache once); another `num_classes` than the weights' gives a fresh head.
 
   `dense=True` (STViT-R only) gives the detection / segmentation backbone:
   any input size, multi-scale `aux['stage_features']`, same parameters.
   `rngs` defaults to `nnx.Rngs(params=seed, dropout=seed + 1)`.
   """
+  if pretrained:
+    from stvit_jax import pretrained as hub  # pylint: disable=g-import-not-at-top
+    return hub.create(name, pretrained, rngs=rngs, seed=seed, dtype=dtype, dense=dense,
+                      **overrides)
   cls, variant = _lookup(name, dense)
   if dtype not in DTYPES:
     raise ValueError(f'dtype={dtype!r} is not valid; choose one of {sorted(DTYPES)}')

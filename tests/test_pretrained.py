@@ -1,0 +1,222 @@
+"""Weights by name or address (stvit_jax.pretrained) against a local server, no network.
+
+The served files are the timm DeiT-tiny parity fixture (width 32, depth 2, 64 px, 10
+classes) as .safetensors and .pth; a test catalogue ($STVIT_JAX_CATALOGUE) points
+`deit_tiny` at the server, so `pretrained=True` runs the real download, conversion
+and cache code. Logits are checked against timm's on the fixture's inputs.
+"""
+import hashlib
+import io
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from stvit_jax import models, pretrained, weights
+from stvit_jax.models import catalogue
+from weights_server import Server
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
+TINY = {'depth': 2, 'embed_dim': 32, 'num_heads': 2, 'img_size': 64}
+
+
+def state_dict():
+  with np.load(os.path.join(FIXTURES, 'deit_tiny.npz')) as f:
+    return {k: f[k] for k in f.files}
+
+
+def safetensors_bytes():
+  from safetensors.numpy import save
+  return save(state_dict())
+
+
+def pth_bytes():
+  torch = pytest.importorskip('torch')
+  buf = io.BytesIO()
+  torch.save({'model': {k: torch.from_numpy(v) for k, v in state_dict().items()}}, buf)
+  return buf.getvalue()
+
+
+@pytest.fixture(scope='module')
+def server():
+  with Server() as s:
+    s.files['deit_tiny.safetensors'] = safetensors_bytes()
+    s.files['deit_tiny.pth'] = pth_bytes()
+    s.repos['test-org/tiny-deit'] = {'model.safetensors': s.files['deit_tiny.safetensors']}
+    yield s
+
+
+def sha(data):
+  return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def env(server, tmp_path, monkeypatch):
+  """Empty caches in tmp_path, the Hub at the server, a catalogue with `deit_tiny` served."""
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+  monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'hf'))
+  monkeypatch.setenv('HF_ENDPOINT', server.url)
+  monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+  server.requests.clear()
+  server.truncate.clear()
+
+  def write_catalogue(**entries):
+    path = tmp_path / 'catalogue.json'
+    path.write_text(json.dumps(entries))
+    monkeypatch.setenv(catalogue.CATALOGUE_ENV, str(path))
+
+  write_catalogue(deit_tiny={
+      'address': server.file_url('deit_tiny.safetensors'), 'format': 'safetensors',
+      'top1': 12.5, 'dataset': 'test', 'options': TINY,
+      'sha256': sha(server.files['deit_tiny.safetensors'])})
+  return write_catalogue
+
+
+def assert_timm_logits(model):
+  io_ = np.load(os.path.join(FIXTURES, 'deit_tiny.io.npz'))
+  logits = np.asarray(model(io_['input'].transpose(0, 2, 3, 1), train=False)[0])
+  diff, scale = np.abs(logits - io_['logits']).max(), np.abs(io_['logits']).max()
+  assert diff <= 1e-4 * scale, (diff, scale)
+
+
+@pytest.mark.slow  # initialises a model with a fresh head (~30 s of compiles on 2 cores)
+def test_pretrained_true_downloads_once_then_reads_the_cache(env, server, tmp_path, monkeypatch):
+  t0 = time.perf_counter()
+  model = models.create('deit_tiny', pretrained=True)
+  first = time.perf_counter() - t0
+  assert_timm_logits(model)
+  gets = [r for r in server.requests if r[0] == 'GET']
+  assert gets == [('GET', '/files/deit_tiny.safetensors', None)]
+  (converted,) = (tmp_path / 'cache' / 'stvit_jax' / 'converted').iterdir()
+  provenance = weights.read_provenance(converted)
+  assert provenance['source']['sha256'] == sha(server.files['deit_tiny.safetensors'])
+  assert provenance['source']['address'] == server.file_url('deit_tiny.safetensors')
+
+  # Second call: from the cache, with the network "off" and nothing requested.
+  server.requests.clear()
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  t0 = time.perf_counter()
+  again = models.create('deit_tiny', pretrained=True)
+  second = time.perf_counter() - t0
+  assert server.requests == []
+  assert_timm_logits(again)
+  print(f'first create(pretrained=True) {first:.2f}s, second (cache) {second:.2f}s')
+  # Another class count: the cached weights with a fresh head, still no request.
+  ten = models.create('deit_tiny', pretrained=True, num_classes=3)
+  assert ten.head.out_features == 3 and server.requests == []
+  # Read without initialising: the rng streams are concrete, so training mode runs.
+  drop = models.create('deit_tiny', pretrained=True, drop_path_rate=0.5)
+  x = np.ones((2, 64, 64, 3), np.float32)
+  a, b = (np.asarray(drop(x, train=True)[0]) for _ in range(2))
+  assert np.isfinite(a).all() and not np.allclose(a, b)  # two different dropout draws
+
+
+def test_hub_address_through_huggingface_hub(env, server, tmp_path):
+  address = 'hf://test-org/tiny-deit/model.safetensors'
+  model = models.create('deit_tiny', pretrained=address, **TINY)
+  assert_timm_logits(model)
+  paths = {r[1] for r in server.requests}
+  assert '/test-org/tiny-deit/resolve/main/model.safetensors' in paths
+  blobs = list((tmp_path / 'hf').glob('models--test-org--tiny-deit/blobs/*'))
+  assert [b.name for b in blobs] == [sha(server.repos['test-org/tiny-deit']['model.safetensors'])]
+  # weights.load_weights takes the same address for a model built by the caller.
+  from flax import nnx
+  fresh = nnx.eval_shape(lambda: models.create('deit_tiny', **TINY, num_classes=10))
+  provenance = weights.load_weights(fresh, address, name='deit_tiny', options=TINY)
+  assert provenance['source']['address'] == address
+  assert_timm_logits(fresh)  # every weight came from the converted file
+
+
+def test_pth_over_https(env, server):
+  model = models.create('deit_tiny', pretrained=server.file_url('deit_tiny.pth'), **TINY)
+  assert_timm_logits(model)
+
+
+def test_pth_without_torch_names_the_extra(env, server, monkeypatch):
+  monkeypatch.setattr(pretrained, '_has_torch', lambda: False)
+  with pytest.raises(pretrained.PretrainedError, match=r"pip install 'stvit_jax\[torch\]'"):
+    models.create('deit_tiny', pretrained=server.file_url('deit_tiny.pth'), **TINY)
+  assert server.requests == []  # refused before downloading
+
+
+def test_checksum_mismatch_deletes_the_download(env, server, tmp_path):
+  env(deit_tiny={'address': server.file_url('deit_tiny.safetensors'), 'format': 'safetensors',
+                 'options': TINY, 'sha256': '0' * 64})
+  with pytest.raises(pretrained.PretrainedError, match='checksum mismatch: sha256 [0-9a-f]{64}'):
+    models.create('deit_tiny', pretrained=True)
+  downloads = tmp_path / 'cache' / 'stvit_jax' / 'downloads'
+  assert [p for p in downloads.rglob('*') if p.is_file()] == []
+  assert not (tmp_path / 'cache' / 'stvit_jax' / 'converted').exists()
+
+
+def test_interrupted_download_resumes_with_a_range_request(env, server):
+  server.truncate['/files/deit_tiny.safetensors'] = 1
+  model = models.create('deit_tiny', pretrained=True)
+  assert_timm_logits(model)  # and the sha256 of the joined file matched the catalogue's
+  gets = [r for r in server.requests if r[0] == 'GET']
+  half = len(server.files['deit_tiny.safetensors']) // 2
+  assert gets == [('GET', '/files/deit_tiny.safetensors', None),
+                  ('GET', '/files/deit_tiny.safetensors', f'bytes={half}-')]
+
+
+def test_download_that_keeps_failing_keeps_the_part_for_the_next_run(env, server, monkeypatch):
+  monkeypatch.setattr(pretrained, 'ATTEMPTS', 1)
+  server.truncate['/files/deit_tiny.safetensors'] = 1
+  with pytest.raises(pretrained.PretrainedError, match=r'kept in .*\.part; rerunning resumes'):
+    models.create('deit_tiny', pretrained=True)
+  models.create('deit_tiny', pretrained=True)  # the rerun resumes and completes
+  assert server.requests[-1][2] is not None and server.requests[-1][2].startswith('bytes=')
+
+
+@pytest.mark.parametrize('source', ['pretrained', 'hf://test-org/tiny-deit/model.safetensors'])
+def test_offline_with_an_empty_cache_says_how_to_get_the_file(env, server, monkeypatch, source):
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  with pytest.raises(pretrained.PretrainedError) as err:
+    models.create('deit_tiny', pretrained=source if source != 'pretrained' else True, **TINY)
+  message = str(err.value)
+  file = 'deit_tiny.safetensors' if source == 'pretrained' else 'model.safetensors'
+  assert file in message and 'HF_HUB_OFFLINE is set' in message
+  assert 'python -m stvit_jax.pretrained --download deit_tiny' in message
+  assert f'python -m stvit_jax.convert --model deit_tiny --src {file} --out DIR' in message
+  assert server.requests == []
+
+
+def test_hub_repository_or_file_that_does_not_exist(env):
+  with pytest.raises(pretrained.PretrainedError, match="has no repository 'nobody/missing'"):
+    models.create('deit_tiny', pretrained='hf://nobody/missing/model.safetensors', **TINY)
+  with pytest.raises(pretrained.PretrainedError, match="has no file 'nope.safetensors'"):
+    models.create('deit_tiny', pretrained='hf://test-org/tiny-deit/nope.safetensors', **TINY)
+
+
+def test_url_not_found_and_model_without_weights(env, server):
+  with pytest.raises(pretrained.PretrainedError, match='HTTP 404'):
+    models.create('deit_tiny', pretrained=server.file_url('missing.safetensors'), **TINY)
+  with pytest.raises(ValueError, match="no pretrained weights are known for 'stvit_deit_tiny'"):
+    models.create('stvit_deit_tiny', pretrained=True)
+
+
+def test_catalogue_entries_are_well_formed():
+  entries = catalogue.BUILTIN
+  assert set(entries) <= set(models.names())
+  assert entries['stvit_r_swin_small'].address == 'hf://csncsn/STViT-R/STViT-R-Swin-S.pth'
+  assert entries['stvit_r_swin_small'].top1 == 82.7
+  assert entries['stvit_r_swin_base'].top1 == 83.2
+  assert entries['swin_small'].address == \
+      'hf://timm/swin_small_patch4_window7_224.ms_in1k/model.safetensors'
+  for entry in entries.values():
+    assert pretrained.parse_hf(entry.address)[1] == entry.file
+    assert entry.top1 and entry.dataset.startswith('imagenet2012')
+
+
+def test_listing_and_download_command(env, server, capsys):
+  assert pretrained.main([]) == 0
+  out = capsys.readouterr().out
+  assert 'stvit_r_swin_small' in out and '82.70' in out and 'hf://csncsn/STViT-R/' in out
+  assert pretrained.main(['--download', 'deit_tiny']) == 0
+  assert pretrained.main([]) == 0
+  row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('deit_tiny '))
+  assert row.split()[1:4] == ['12.50', 'safetensors', 'yes']
+  assert pretrained.main(['--download', 'stvit_deit_tiny']) == 2
+  assert 'no pretrained weights are known' in capsys.readouterr().err
