@@ -78,9 +78,13 @@ def base(model_name, *, dataset, num_classes, img_size, **model_overrides):
   config.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights
 
   config.checkpoint = ml_collections.ConfigDict(dict(keep=3, async_save=True))
-  # Params only, from a converted checkpoint (stvit_jax.weights) or an earlier run's
-  # workdir; a head with another number of classes is replaced by a fresh one.
+  # Params only, from a converted checkpoint (stvit_jax.weights), an earlier run's
+  # workdir, 'pretrained' (the model's catalogue entry), hf://owner/repo/file or https://...
+  # (stvit_jax.pretrained); a head with another number of classes is replaced by a fresh one.
   config.init_from = ''
+  # 'train', or 'eval': evaluate init_from's weights on data.eval_split, train nothing
+  # (stvit_jax/eval_only.py); `--config.init_from=pretrained --config.mode=eval`.
+  config.mode = 'train'
 
   # Mesh ('data', 'fsdp'); -1 takes the remaining devices. Parameters are placed by
   # the first matching (regex, rule) on their path; rule 'fsdp' shards the largest

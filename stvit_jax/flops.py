@@ -7,6 +7,7 @@ exactly the ops the model runs, at any size, without computing anything.
 
     python -m stvit_jax.flops                       # every registered model
     python -m stvit_jax.flops MODEL [MODEL ...] --image_size 224 --json macs.json
+    python -m stvit_jax.flops --pretrained          # models with public weights, + top-1
 
 Video models count one clip of --num_frames frames (default 32 x 224 x 224),
 GMACs per view as the Video Swin paper reports them.
@@ -126,12 +127,20 @@ def main(argv=None):
   parser.add_argument('--num_classes', type=int, default=None,
                       help="default: the model's own (1000 for images, 400 for video)")
   parser.add_argument('--json', metavar='PATH', help='also write the results as JSON')
+  parser.add_argument('--pretrained', action='store_true',
+                      help='add the expected top-1 and the source of the public weights '
+                      '(models/catalogue.py); without MODELs, only models that have some')
   args = parser.parse_args(argv)
   from stvit_jax import models  # Lazy: the CLI is the only part that needs the registry.
 
-  names = args.models or list(models.names())
+  known = {}
+  if args.pretrained:
+    from stvit_jax.models import catalogue  # pylint: disable=g-import-not-at-top
+    known = catalogue.entries()
+  names = args.models or [n for n in models.names() if not args.pretrained or n in known]
   width = max(len('model'), *map(len, names))
-  print(f'{"model":<{width}}  {"params":>13}  {"GMACs":>8}')
+  extra = f'  {"top-1":>6}  weights' if args.pretrained else ''
+  print(f'{"model":<{width}}  {"params":>13}  {"GMACs":>8}{extra}')
   results = {}
   for name in names:
     try:
@@ -145,7 +154,14 @@ def main(argv=None):
     results[name] = {'params': params, 'macs': macs, 'image_size': args.image_size}
     if getattr(model, 'input_kind', 'image') == 'video':
       results[name]['num_frames'] = args.num_frames
-    print(f'{name:<{width}}  {params:>13,}  {macs / 1e9:>8.2f}', flush=True)
+    extra = ''
+    if args.pretrained:
+      entry = known.get(name)
+      top1 = f'{entry.top1:.2f}' if entry and entry.top1 is not None else '-'
+      extra = f'  {top1:>6}  {entry.address if entry else "-"}'
+      results[name]['pretrained'] = entry and {'top1': entry.top1, 'dataset': entry.dataset,
+                                               'address': entry.address}
+    print(f'{name:<{width}}  {params:>13,}  {macs / 1e9:>8.2f}{extra}', flush=True)
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(results, f, indent=2)

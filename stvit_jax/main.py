@@ -89,10 +89,28 @@ def main(argv):
 
   print(f'JAX {jax.__version__}: {distributed.layout(FLAGS.config)}', flush=True)
   logging.info('config:\n%s', FLAGS.config)
-  summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  summary.pop('state')
+  if FLAGS.config.get('mode', 'train') != 'train':
+    summary = _evaluate_only(FLAGS.config, FLAGS.workdir)
+  else:
+    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    summary.pop('state')
   print('summary:', ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                              for k, v in summary.items()), flush=True)
+
+
+def _evaluate_only(config, workdir):
+  """config.mode='eval' (stvit_jax/eval_only.py); a bad setting or unreachable weights
+  are one message and exit 2."""
+  from stvit_jax import eval_only, pretrained  # pylint: disable=g-import-not-at-top
+  try:
+    eval_only.check(config)  # before anything is downloaded or written
+    record = eval_only.run(config, workdir)
+  except (eval_only.ModeError, pretrained.PretrainedError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  keys = ('model', 'init_from', 'eval_split', 'top1', 'top5', 'loss', 'num_examples',
+          'expected_top1')
+  return {k: record[k] for k in keys}
 
 
 if __name__ == '__main__':

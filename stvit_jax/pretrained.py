@@ -221,7 +221,10 @@ def resolve(source, *, model=None, options=None):
   """
   if not is_address(source):
     return source
-  entry = catalogue.get(model) if source == KEYWORD else catalogue.find(source)
+  try:
+    entry = catalogue.get(model) if source == KEYWORD else catalogue.find(source)
+  except ValueError as e:  # no entry for `model`: one message for the CLIs
+    raise PretrainedError(str(e)) from None
   if entry is not None and model is not None and entry.model != model:
     raise PretrainedError(f'{source} holds weights of {entry.model}, not of {model}')
   if entry is None and model is None:

@@ -82,32 +82,33 @@ def test_every_notebook_is_executed_below():
 
 
 @pytest.fixture
-def tiny_stvit_weights(tmp_path):
-  """A weights directory as the converter writes it (weights.save_weights + provenance)
-  for STViT-DeiT-S at the notebook's tiny widths with ImageNet's 1000 classes. Random
-  values, set on an abstract model: no initialisation to compile."""
+def tiny_stvit_weights(tmp_path, monkeypatch):
+  """STViT-DeiT-S at the notebook's tiny widths with ImageNet's 1000 classes (random
+  values, in timm's names and layouts) as a file `tiny_test.npz` on a local server, and
+  a catalogue entry ($STVIT_JAX_CATALOGUE, inherited by the kernel) pointing the
+  notebook's `pretrained=True` at it: the real download, conversion and cache code runs
+  without network, into an empty cache under tmp_path."""
+  import io
+  import json
   import numpy as np
-  from flax import nnx
-  from stvit_jax import models, weights
+  from weights_server import Server, source_state_dict
   options = dict(embed_dim=64, num_heads=2, depth=6, num_base_layers=2, img_size=96)
-  model = nnx.eval_shape(lambda: models.create('stvit_deit_small', **options))
-  rng = np.random.default_rng(0)
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    shape = var.get_value().shape
-    var.set_value(np.ones(shape, np.float32) if path[-1] == 'scale'
-                  else (0.02 * rng.standard_normal(shape)).astype(np.float32))
-  directory = tmp_path / 'weights'
-  weights.save_weights(directory, model, {
-      'model': 'stvit_deit_small', 'num_classes': 1000, 'options': options,
-      'source': {'file': 'tiny_test.npz'}, 'tool': 'tests/test_notebooks.py'})
-  return directory
+  buf = io.BytesIO()
+  np.savez(buf, **source_state_dict('stvit_deit_small', **options))
+  with Server() as server:
+    server.files['tiny_test.npz'] = buf.getvalue()
+    entry = {'address': server.file_url('tiny_test.npz'), 'format': 'npz', 'options': options}
+    (tmp_path / 'catalogue.json').write_text(json.dumps({'stvit_deit_small': entry}))
+    monkeypatch.setenv('STVIT_JAX_CATALOGUE', str(tmp_path / 'catalogue.json'))
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    yield server
 
 
 @pytest.mark.slow
 def test_quick_tour(tmp_path, tiny_stvit_weights):
   out = tmp_path / 'tour'
-  text, pngs, _ = execute('01_quick_tour.ipynb', tmp_path, TINY=True, OUT_DIR=str(out),
-                          WEIGHTS_DIR=str(tiny_stvit_weights))
+  text, pngs, _ = execute('01_quick_tour.ipynb', tmp_path, TINY=True, OUT_DIR=str(out))
+  assert [r[1] for r in tiny_stvit_weights.requests] == ['/files/tiny_test.npz']
   assert 'TINY=True, compute dtype float32, 96 px' in text
   assert re.search(r'stvit_deit_small\s+22,067,176\s+1\.91', text)  # the zoo table, full size
   assert 'loaded stvit_deit_small from' in text and '(tiny_test.npz)' in text

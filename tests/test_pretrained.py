@@ -220,3 +220,14 @@ def test_listing_and_download_command(env, server, capsys):
   assert row.split()[1:4] == ['12.50', 'safetensors', 'yes']
   assert pretrained.main(['--download', 'stvit_deit_tiny']) == 2
   assert 'no pretrained weights are known' in capsys.readouterr().err
+
+
+def test_flops_pretrained_column(capsys, monkeypatch):
+  from stvit_jax import flops
+  monkeypatch.delenv(catalogue.CATALOGUE_ENV, raising=False)
+  flops.main(['deit_tiny', 'stvit_deit_tiny', '--pretrained'])
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].split() == ['model', 'params', 'GMACs', 'top-1', 'weights']
+  assert lines[1].split()[3:] == ['72.19',
+                                  'hf://timm/deit_tiny_patch16_224.fb_in1k/model.safetensors']
+  assert lines[2].split()[3:] == ['-', '-']

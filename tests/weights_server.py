@@ -100,3 +100,29 @@ class Server:
   def __exit__(self, *exc):
     self.httpd.shutdown()
     self.httpd.server_close()
+
+
+def source_state_dict(name, seed=0, **options):
+  """Random weights for model `name` (+ constructor `options`) as the PyTorch checkpoint
+  that the converter reads for its family would hold them (names and layouts)."""
+  import numpy as np
+  from flax import nnx
+  from stvit_jax import convert, models, weights
+  abstract = nnx.eval_shape(lambda: models.create(name, **options))
+  rules = convert.RULES[convert.rules_for(name, {'layers.0.downsample.x': 0})[0]]
+  rng = np.random.default_rng(seed)
+  out = {}
+  for target, value in weights.flat_variables(abstract).items():
+    shape, leaf = tuple(value.shape), target.rsplit('.', 1)[-1]
+    if leaf in ('scale', 'var'):
+      array = rng.uniform(0.5, 1.5, shape)
+    elif leaf in ('bias', 'mean'):
+      array = 0.1 * rng.standard_normal(shape)
+    else:
+      array = 0.05 * rng.standard_normal(shape)
+    if leaf == 'kernel' and len(shape) == 2:
+      array = array.T                      # (in, out) -> Linear (out, in)
+    elif leaf == 'kernel' and len(shape) == 4:
+      array = array.transpose(3, 2, 0, 1)  # HWIO -> Conv OIHW
+    out[convert.source_name(target, rules)] = np.ascontiguousarray(array, np.float32)
+  return out

@@ -1,0 +1,103 @@
+"""Evaluation-only runs: the weights of `config.init_from` on the config's eval split.
+
+    python -m stvit_jax.main --config=configs/swin_s.py --config.init_from=pretrained \
+        --config.mode=eval --workdir=runs/eval_stvit_r_swin_s
+
+`init_from` is anything the trainer accepts (`pretrained`, hf://..., https://...,
+a converted directory, an earlier run's workdir). Nothing is trained and no
+checkpoint is written: the workdir gets `metrics.jsonl` / TensorBoard (split
+'eval', step 0) and `eval.json` with the measured top-1 / top-5 / loss beside
+the catalogue's expected top-1 for these weights (models/catalogue.py), which
+applies to the dataset it names (the full ImageNet validation set at 224 px).
+The model's class count must match the dataset's: evaluation never replaces a head.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from absl import logging
+from flax import nnx
+
+from stvit_jax import checkpoint, evaluate, paths, pretrained, sharding, train, weights
+from stvit_jax.data import pipeline
+
+MODES = ('train', 'eval')
+
+
+class ModeError(ValueError):
+  """config.mode / config.init_from that cannot work; the message names the field."""
+
+
+def check(config):
+  if config.mode not in MODES:
+    raise ModeError(f'config.mode={config.mode!r} is not valid; choose one of {list(MODES)}')
+  if config.mode == 'eval' and not config.init_from:
+    raise ModeError("config.mode='eval' evaluates the weights of config.init_from: set it to "
+                     "'pretrained' (the catalogue entry of config.model.name), hf://owner/repo/"
+                     "file, https://..., a converted directory or an earlier run's workdir")
+
+
+def load_variables(config, graphdef, abs_params, abs_stats, abs_rngs):
+  """(params, batch_stats, provenance) of config.init_from, strictly, nothing initialised."""
+  source = pretrained.resolve(config.init_from, model=config.model.name,
+                              options=train.model_kwargs(config))
+  if checkpoint.is_run_checkpoint(source):
+    meta = checkpoint.describe(config, abs_params)
+    params, stats, provenance = checkpoint.load_run_params(source, abs_params, abs_stats, meta)
+    if provenance['head_replaced']:
+      raise ValueError(f'config.init_from={config.init_from}: its head has another class count '
+                       f'than config.model.num_classes={config.model.num_classes}; '
+                       'evaluation needs the trained head')
+    return params, stats, provenance
+  model = nnx.merge(graphdef, abs_params, abs_stats, abs_rngs)
+  provenance = weights.load_weights(model, source)  # strict, heads included
+  _, params, stats, _ = train.split(model)
+  return params, stats, provenance
+
+
+def run(config, workdir):
+  """Evaluates config.init_from on config.data.eval_split; returns the eval.json record."""
+  check(config)
+  workdir = paths.absolute(workdir)
+  mesh = sharding.make_mesh(config)
+  info = pipeline.dataset_info(config.data)
+  train.check_config(config, info, mesh)
+  graphdef, abs_params, abs_stats, abs_rngs = train.split(
+      nnx.eval_shape(lambda: train.create_model(config)))
+  params, stats, provenance = load_variables(config, graphdef, abs_params, abs_stats, abs_rngs)
+  variables = {'params': params, 'batch_stats': stats}
+  shardings = sharding.tree_shardings(variables, mesh, config.sharding_rules)
+  variables = jax.device_put(variables, shardings)
+  apply = train.make_apply(graphdef, train.placeholder_rngs(abs_rngs))
+  eval_step = evaluate.make_eval_step(lambda v, im: apply(v, im, train=False)[0],
+                                      num_classes=info.num_classes, mesh=mesh,
+                                      variable_shardings=shardings)
+  logging.info('evaluating %s from %s on %s %s (%d examples)', config.model.name,
+               config.init_from, config.data.name, config.data.eval_split, info.num_eval)
+  batches = pipeline.eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+  results = evaluate.evaluate(eval_step, variables, batches, mesh, expected_count=info.num_eval)
+
+  entry = pretrained.expected_top1(config.model.name, config.init_from)
+  record = {
+      'model': config.model.name, 'init_from': config.init_from,
+      'dataset': config.data.name, 'eval_split': config.data.eval_split, **results,
+      'expected_top1': round(entry.top1 / 100, 6) if entry and entry.top1 is not None else None,
+      'expected_on': entry.dataset if entry else None,
+      'expected_source': entry.top1_source if entry else None,
+      'weights': provenance,
+  }
+  writer = train.MetricWriter(workdir)
+  writer.write(0, 'eval', results)
+  if writer.active:
+    with writer.tf.io.gfile.GFile(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(record, f, indent=1, default=str)
+  writer.close()
+  expected = (f'; expected {100 * record["expected_top1"]:.2f}% on {entry.dataset} '
+              f'({entry.top1_source})' if record['expected_top1'] is not None else '')
+  logging.info('%s on %s %s: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d examples)%s',
+               config.model.name, config.data.name, config.data.eval_split,
+               100 * results['top1'], 100 * results['top5'], results['loss'],
+               results['num_examples'], expected)
+  return record

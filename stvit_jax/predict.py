@@ -1,0 +1,169 @@
+"""Top classes of images with pretrained weights.
+
+    python -m stvit_jax.predict --model stvit_r_swin_small --image photo.jpg [--top 5]
+    python -m stvit_jax.predict --model deit_small --image a.jpg b.png photos/
+    python -m stvit_jax.predict --model swin_tiny --image cat.jpg --init_from hf://owner/repo/file
+
+`--image` takes files and folders (their images, sorted). `--init_from` is what
+`--config.init_from` accepts: `pretrained` (default: the model's catalogue entry,
+downloaded and converted once into the cache; `python -m stvit_jax.pretrained` lists
+them), hf://owner/repo/file, https://..., or a converted directory. Images get the
+evaluation preprocessing of the input pipeline (shorter side to size / crop_pct,
+centre crop, ImageNet normalisation). ImageNet classes are named by their WordNet id
+(tensorflow-datasets' imagenet2012 labels.txt), with words when timm's synset file is
+installed.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+TF_FORMATS = (b'\xff\xd8\xff', b'\x89PNG', b'BM', b'GIF8')  # what tf.io.decode_image reads
+
+
+class UsageError(ValueError):
+  """A bad argument; the message names it."""
+
+
+def image_files(paths):
+  """Files and folders (their images, sorted) -> image files, in order."""
+  found = []
+  for path in paths:
+    if os.path.isdir(path):
+      inside = sorted(os.path.join(path, f) for f in os.listdir(path)
+                      if f.lower().endswith(IMAGE_EXTS))
+      if not inside:
+        raise UsageError(f'--image {path}: the folder holds no images ({", ".join(IMAGE_EXTS)})')
+      found += inside
+    elif os.path.isfile(path):
+      found.append(path)
+    else:
+      raise UsageError(f'--image {path}: no such file or folder')
+  return found
+
+
+def class_names(num_classes):
+  """ImageNet-1k: 'n01440764' ids from tensorflow-datasets, with the words from timm's
+  synset file when timm is installed; other class counts: 'class i'."""
+  if num_classes != 1000:
+    return [f'class {i}' for i in range(num_classes)]
+  tfds_dir = importlib.util.find_spec('tensorflow_datasets').submodule_search_locations[0]
+  with open(os.path.join(tfds_dir, 'datasets', 'imagenet2012', 'labels.txt')) as f:
+    wnids = f.read().split()
+  words = {}
+  timm = importlib.util.find_spec('timm')
+  if timm is not None:  # read as a file: importing timm would import torch
+    path = os.path.join(timm.submodule_search_locations[0], 'data', '_info',
+                        'imagenet_synset_to_lemma.txt')
+    if os.path.exists(path):
+      with open(path) as f:
+        words = dict(line.rstrip('\n').split('\t', 1) for line in f if '\t' in line)
+  return [f'{w} {words.get(w, "")}'.strip() for w in wnids]
+
+
+def preprocess(path, image_size):
+  """The eval pipeline's transform (stvit_jax.data.preprocess) of one image file."""
+  import tensorflow as tf
+  from stvit_jax.data import defaults, preprocess as pre
+  with open(path, 'rb') as f:
+    data = f.read()
+  if not data.startswith(TF_FORMATS):  # e.g. WebP, TIFF: through PIL, as PNG
+    import io
+    from PIL import Image, UnidentifiedImageError
+    try:
+      with Image.open(io.BytesIO(data)) as img:
+        buf = io.BytesIO()
+        img.convert('RGB').save(buf, format='PNG')
+    except UnidentifiedImageError:
+      raise UsageError(f'--image {path}: not an image file') from None
+    data = buf.getvalue()
+  cfg = defaults.data_config('imagenet2012')
+  cfg.image_size = image_size
+  try:
+    image = pre.eval_transform(cfg, data.startswith(b'\xff\xd8\xff'))(tf.constant(data))
+  except tf.errors.InvalidArgumentError as e:
+    raise UsageError(f'--image {path}: cannot decode it ({e.message.splitlines()[0]})') from None
+  image = np.asarray(image)
+  if image.dtype == np.uint8:  # a pipeline that leaves normalisation to the device
+    image = (image / 255.0 - np.float32(cfg.mean)) / np.float32(cfg.std)
+  return image.astype(np.float32)
+
+
+def predict(model, files, top=5, batch_size=8):
+  """[(file, [(probability, class index), ...top]), ...] for `files`."""
+  import jax
+  from flax import nnx
+
+  @nnx.jit
+  def probabilities(model, images):
+    return jax.nn.softmax(model(images, train=False)[0].astype('float32'), axis=-1)
+
+  results = []
+  for start in range(0, len(files), batch_size):
+    chunk = files[start:start + batch_size]
+    images = np.stack([preprocess(f, model.img_size) for f in chunk])
+    if len(chunk) < batch_size and len(files) > batch_size:  # one compiled shape
+      images = np.concatenate([images, np.zeros((batch_size - len(chunk),) + images.shape[1:],
+                                                images.dtype)])
+    probs = np.asarray(probabilities(model, images))[:len(chunk)]
+    for f, p in zip(chunk, probs):
+      best = np.argsort(-p)[:top]
+      results.append((f, [(float(p[i]), int(i)) for i in best]))
+  return results
+
+
+def _override(text):
+  k, sep, v = text.partition('=')
+  if not sep or not k:
+    raise argparse.ArgumentTypeError(f'--set {text!r}: expected KEY=VALUE, e.g. img_size=384')
+  try:
+    return k, ast.literal_eval(v)
+  except (ValueError, SyntaxError):
+    return k, v
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m stvit_jax.predict', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--model', required=True, help='registry name, e.g. stvit_r_swin_small')
+  parser.add_argument('--image', required=True, nargs='+', metavar='PATH',
+                      help='image files and/or folders of images')
+  parser.add_argument('--top', type=int, default=5, help='classes shown per image (default 5)')
+  parser.add_argument('--init_from', default='pretrained', help="weights: 'pretrained' (the "
+                      'catalogue entry), hf://owner/repo/file, https://... or a converted '
+                      'directory')
+  parser.add_argument('--set', dest='overrides', action='append', default=[],
+                      metavar='KEY=VALUE', type=_override,
+                      help='model constructor arguments (e.g. a converted tiny width)')
+  parser.add_argument('--batch_size', type=int, default=8)
+  args = parser.parse_args(argv)
+  from stvit_jax import models, pretrained
+  if args.model not in models.names():
+    parser.error(f'--model {args.model!r} is not valid; choose one of {", ".join(models.names())}')
+  if args.top < 1 or args.batch_size < 1:
+    parser.error(f'--top {args.top} and --batch_size {args.batch_size} must be >= 1')
+  try:
+    files = image_files(args.image)  # before any download
+    if not pretrained.is_address(args.init_from) and not os.path.isdir(args.init_from):
+      raise UsageError(f"--init_from {args.init_from!r}: not 'pretrained', hf://..., "
+                       'https://... or an existing converted directory')
+    model = models.create(args.model, pretrained=args.init_from, **dict(args.overrides))
+    names = class_names(model.head.out_features)
+    for path, best in predict(model, files, min(args.top, len(names)), args.batch_size):
+      print(path)
+      for p, i in best:
+        print(f'  {100 * p:6.2f}%  {names[i]}')
+  except ValueError as e:  # UsageError, PretrainedError, a model option that does not exist
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

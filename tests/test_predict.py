@@ -1,0 +1,93 @@
+"""`python -m stvit_jax.predict`: top classes of images made here, with pretrained
+weights served locally (a tiny DeiT with ImageNet's 1000 classes, random values, in
+timm's names) as the catalogue entry of deit_tiny."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stvit_jax import models, predict
+from stvit_jax.models import catalogue
+from weights_server import Server, source_state_dict
+
+TINY = {'embed_dim': 32, 'depth': 2, 'num_heads': 2, 'img_size': 64}
+
+
+@pytest.fixture(scope='module')
+def server():
+  from safetensors.numpy import save
+  with Server() as s:
+    s.files['deit_tiny_1k.safetensors'] = save(source_state_dict('deit_tiny', **TINY))
+    yield s
+
+
+@pytest.fixture
+def env(server, tmp_path, monkeypatch):
+  entry = {'address': server.file_url('deit_tiny_1k.safetensors'), 'format': 'safetensors',
+           'options': TINY}
+  (tmp_path / 'catalogue.json').write_text(json.dumps({'deit_tiny': entry}))
+  monkeypatch.setenv(catalogue.CATALOGUE_ENV, str(tmp_path / 'catalogue.json'))
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+  server.requests.clear()
+
+
+@pytest.fixture
+def photos(tmp_path):
+  """A folder with a PNG and a JPEG, and a WebP file beside it."""
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[0:120, 0:90]
+  gradient = np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.uint8)
+  Image.fromarray(gradient).save(folder / 'gradient.png')
+  Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(folder / 'noise.jpg')
+  (folder / 'notes.txt').write_text('not an image')
+  Image.fromarray(gradient[::-1]).save(tmp_path / 'flipped.webp')
+  return folder, tmp_path / 'flipped.webp'
+
+
+@pytest.mark.slow  # compiles the model's forward twice (jit and eager)
+def test_predict_prints_top_classes_with_imagenet_names(env, photos, capsys):
+  folder, webp = photos
+  assert predict.main(['--model', 'deit_tiny', '--image', str(folder), str(webp),
+                       '--top', '3']) == 0
+  out = capsys.readouterr().out
+  print(out)
+  blocks = re.findall(r'^(\S+)\n((?:  +\d+\.\d\d%  n\d{8}.*\n){3})', out, re.M)
+  assert [os.path.basename(b[0]) for b in blocks] == ['gradient.png', 'noise.jpg',
+                                                      'flipped.webp']
+  # The same numbers from the model and the eval transform directly.
+  model = models.create('deit_tiny', pretrained=True)
+  names = predict.class_names(1000)
+  assert names[0].startswith('n01440764') and len(set(names)) == 1000
+  for path, lines in blocks:
+    logits = np.asarray(model(predict.preprocess(path, 64)[None], train=False)[0][0],
+                        np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    want = [f'{100 * probs[i]:6.2f}%  {names[i]}' for i in np.argsort(-probs)[:3]]
+    assert [l.strip() for l in lines.splitlines()] == [w.strip() for w in want]
+
+
+def test_bad_inputs_are_one_message_exit_2_before_any_download(env, server, photos, tmp_path,
+                                                               capsys):
+  folder, _ = photos
+  cases = [
+      (['--image', str(tmp_path / 'missing.jpg')], 'missing.jpg: no such file or folder'),
+      (['--image', str(tmp_path / 'cache')], 'holds no images'),
+      (['--image', str(folder), '--init_from', 'nowhere'], "--init_from 'nowhere': not"),
+  ]
+  (tmp_path / 'cache').mkdir()
+  for args, message in cases:
+    assert predict.main(['--model', 'deit_tiny'] + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err, err
+  assert server.requests == []
+  (tmp_path / 'fake.jpg').write_bytes(b'\xff\xd8\xff not really a jpeg')
+  assert predict.main(['--model', 'deit_tiny', '--image', str(tmp_path / 'fake.jpg')]) == 2
+  assert 'fake.jpg: cannot decode it' in capsys.readouterr().err
+  assert predict.main(['--model', 'stvit_deit_tiny', '--image', str(folder)]) == 2
+  assert 'no pretrained weights are known' in capsys.readouterr().err
