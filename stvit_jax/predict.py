@@ -3,6 +3,8 @@
     python -m stvit_jax.predict --model stvit_r_swin_small --image photo.jpg [--top 5]
     python -m stvit_jax.predict --model deit_small --image a.jpg b.png photos/
     python -m stvit_jax.predict --model swin_tiny --image cat.jpg --init_from hf://owner/repo/file
+    python -m stvit_jax.predict --model video_swin_tiny --image clip.mp4 --init_from DIR \
+        --classes kinetics400_names.txt --clips 4 --crops 3
 
 `--image` takes files and folders (their images, sorted). `--init_from` is what
 `--config.init_from` accepts: `pretrained` (default: the model's catalogue entry,
@@ -11,7 +13,11 @@ them), hf://owner/repo/file, https://..., or a converted directory. Images get t
 evaluation preprocessing of the input pipeline (shorter side to size / crop_pct,
 centre crop, ImageNet normalisation). ImageNet classes are named by their WordNet id
 (tensorflow-datasets' imagenet2012 labels.txt), with words when timm's synset file is
-installed.
+installed; `--classes FILE` (one name per line) names other class sets.
+
+Video models (video_swin_*) take clip files: decoded with PyAV, then the video
+pipeline's evaluation views (data/video.py: `--clips` evenly spaced clips of the
+model's frame count x `--crops` crops), the softmax averaged over the views.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import sys
 import numpy as np
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+VIDEO_EXTS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
 TF_FORMATS = (b'\xff\xd8\xff', b'\x89PNG', b'BM', b'GIF8')  # what tf.io.decode_image reads
 
 
@@ -31,15 +38,16 @@ class UsageError(ValueError):
   """A bad argument; the message names it."""
 
 
-def image_files(paths):
-  """Files and folders (their images, sorted) -> image files, in order."""
+def image_files(paths, exts=IMAGE_EXTS):
+  """Files and folders (their images or clips, sorted) -> files, in order."""
   found = []
   for path in paths:
     if os.path.isdir(path):
       inside = sorted(os.path.join(path, f) for f in os.listdir(path)
-                      if f.lower().endswith(IMAGE_EXTS))
+                      if f.lower().endswith(exts))
       if not inside:
-        raise UsageError(f'--image {path}: the folder holds no images ({", ".join(IMAGE_EXTS)})')
+        raise UsageError(f'--image {path}: the folder holds no images or clips '
+                         f'({", ".join(exts)})')
       found += inside
     elif os.path.isfile(path):
       found.append(path)
@@ -48,9 +56,16 @@ def image_files(paths):
   return found
 
 
-def class_names(num_classes):
+def class_names(num_classes, path=None):
   """ImageNet-1k: 'n01440764' ids from tensorflow-datasets, with the words from timm's
-  synset file when timm is installed; other class counts: 'class i'."""
+  synset file when timm is installed; `path`: one name per line; otherwise 'class i'."""
+  if path:
+    with open(path) as f:
+      names = [line.strip() for line in f if line.strip()]
+    if len(names) != num_classes:
+      raise UsageError(f'--classes {path}: {len(names)} names for a model of {num_classes} '
+                       'classes')
+    return names
   if num_classes != 1000:
     return [f'class {i}' for i in range(num_classes)]
   tfds_dir = importlib.util.find_spec('tensorflow_datasets').submodule_search_locations[0]
@@ -95,8 +110,23 @@ def preprocess(path, image_size):
   return image.astype(np.float32)
 
 
-def predict(model, files, top=5, batch_size=8):
-  """[(file, [(probability, class index), ...top]), ...] for `files`."""
+def preprocess_clip(path, model, clips, crops):
+  """float32 (clips * crops, T, S, S, 3): the video pipeline's eval views of a clip file."""
+  import tensorflow as tf
+  from stvit_jax.data import defaults, video, video_convert
+  try:
+    frames, _, _ = video_convert.decode(path, short_side=None)
+  except video_convert.DecodeError as e:
+    raise UsageError(f'--image {path}: cannot decode it as a video ({e})') from None
+  cfg = defaults.video_data_config('kinetics400')
+  cfg.image_size, cfg.num_frames = model.img_size, model.num_frames
+  cfg.eval_clips, cfg.eval_crops = clips, crops
+  return np.asarray(video.eval_views(cfg)({'video': tf.constant(frames)}), np.float32)
+
+
+def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
+  """[(file, [(probability, class index), ...top]), ...] for `files` (images, or clips
+  for a video model: the probabilities averaged over clips x crops views)."""
   import jax
   from flax import nnx
 
@@ -105,6 +135,12 @@ def predict(model, files, top=5, batch_size=8):
     return jax.nn.softmax(model(images, train=False)[0].astype('float32'), axis=-1)
 
   results = []
+  if getattr(model, 'input_kind', 'image') == 'video':
+    for f in files:
+      p = np.asarray(probabilities(model, preprocess_clip(f, model, clips, crops))).mean(0)
+      best = np.argsort(-p)[:top]
+      results.append((f, [(float(p[i]), int(i)) for i in best]))
+    return results
   for start in range(0, len(files), batch_size):
     chunk = files[start:start + batch_size]
     images = np.stack([preprocess(f, model.img_size) for f in chunk])
@@ -142,20 +178,29 @@ def main(argv=None):
                       metavar='KEY=VALUE', type=_override,
                       help='model constructor arguments (e.g. a converted tiny width)')
   parser.add_argument('--batch_size', type=int, default=8)
+  parser.add_argument('--classes', metavar='FILE', help='class names, one per line '
+                      '(default: ImageNet WordNet ids for 1000 classes, else class i)')
+  parser.add_argument('--clips', type=int, default=4, help='video models: clips per file')
+  parser.add_argument('--crops', type=int, default=3, help='video models: crops per clip')
   args = parser.parse_args(argv)
   from stvit_jax import models, pretrained
   if args.model not in models.names():
     parser.error(f'--model {args.model!r} is not valid; choose one of {", ".join(models.names())}')
-  if args.top < 1 or args.batch_size < 1:
-    parser.error(f'--top {args.top} and --batch_size {args.batch_size} must be >= 1')
+  for flag in ('top', 'batch_size', 'clips', 'crops'):
+    if getattr(args, flag) < 1:
+      parser.error(f'--{flag} {getattr(args, flag)} must be >= 1')
+  if args.classes and not os.path.isfile(args.classes):
+    parser.error(f'--classes {args.classes}: no such file')
+  video = models.options(args.model).get('num_frames') is not None
   try:
-    files = image_files(args.image)  # before any download
+    files = image_files(args.image, VIDEO_EXTS if video else IMAGE_EXTS)  # before downloads
     if not pretrained.is_address(args.init_from) and not os.path.isdir(args.init_from):
       raise UsageError(f"--init_from {args.init_from!r}: not 'pretrained', hf://..., "
                        'https://... or an existing converted directory')
     model = models.create(args.model, pretrained=args.init_from, **dict(args.overrides))
-    names = class_names(model.head.out_features)
-    for path, best in predict(model, files, min(args.top, len(names)), args.batch_size):
+    names = class_names(model.head.out_features, args.classes)
+    for path, best in predict(model, files, min(args.top, len(names)), args.batch_size,
+                              args.clips, args.crops):
       print(path)
       for p, i in best:
         print(f'  {100 * p:6.2f}%  {names[i]}')

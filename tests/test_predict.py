@@ -91,3 +91,42 @@ def test_bad_inputs_are_one_message_exit_2_before_any_download(env, server, phot
   assert 'fake.jpg: cannot decode it' in capsys.readouterr().err
   assert predict.main(['--model', 'stvit_deit_tiny', '--image', str(folder)]) == 2
   assert 'no pretrained weights are known' in capsys.readouterr().err
+
+
+@pytest.mark.slow  # compiles a Video Swin forward
+def test_predict_a_clip_with_a_video_model(tmp_path, capsys):
+  """A tiny Video Swin (random weights saved as converted weights) on an mp4 made here:
+  the softmax of 2 clips x 1 crop views, averaged, named by a --classes file."""
+  from flax import nnx
+  from stvit_jax import weights
+  from stvit_jax.data import video_convert
+  options = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), img_size=32,
+                 num_frames=4, num_classes=5)
+  model = nnx.eval_shape(lambda: models.create('video_swin_tiny', **options))
+  rng = np.random.default_rng(0)
+  for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    var.set_value((0.1 * rng.standard_normal(var.get_value().shape)).astype(np.float32))
+  weights.save_weights(tmp_path / 'w', model, {'model': 'video_swin_tiny', 'num_classes': 5,
+                                                'options': options})
+  frames = rng.integers(0, 256, (12, 36, 48, 3), dtype=np.uint8)
+  video_convert.write_mp4(tmp_path / 'clip.mp4', frames, 8)
+  (tmp_path / 'names.txt').write_text('\n'.join(f'action {i}' for i in range(5)) + '\n')
+  assert predict.main(['--model', 'video_swin_tiny', '--image', str(tmp_path / 'clip.mp4'),
+                       '--init_from', str(tmp_path / 'w'), '--classes',
+                       str(tmp_path / 'names.txt'), '--clips', '2', '--crops', '1',
+                       '--top', '5']) == 0
+  out = capsys.readouterr().out
+  lines = out.splitlines()
+  assert lines[0].endswith('clip.mp4') and len(lines) == 6
+  shown = [float(re.match(r'\s+(\d+\.\d\d)%  action \d$', l)[1]) for l in lines[1:]]
+  assert shown == sorted(shown, reverse=True) and abs(sum(shown) - 100) < 0.05
+  loaded = models.create('video_swin_tiny', pretrained=str(tmp_path / 'w'))
+  views = predict.preprocess_clip(str(tmp_path / 'clip.mp4'), loaded, 2, 1)
+  assert views.shape == (2, 4, 32, 32, 3)
+  logits = np.asarray(loaded(views, train=False)[0], np.float64)
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs = (probs / probs.sum(1, keepdims=True)).mean(0)
+  assert [f'{100 * p:.2f}' for p in sorted(probs, reverse=True)] == [f'{p:.2f}' for p in shown]
+  assert predict.main(['--model', 'video_swin_tiny', '--image', str(tmp_path / 'names.txt'),
+                       '--init_from', str(tmp_path / 'w')]) == 2
+  assert 'cannot decode it as a video' in capsys.readouterr().err
