@@ -170,8 +170,12 @@ def build_train_step(config, mesh):
                                           config.sharding_rules)
   batch_sharding = sharding.batch_sharding(mesh)
   size = config.model.img_size
-  batch = {'image': jax.ShapeDtypeStruct((config.batch_size, size, size, 3), jnp.float32,
-                                         sharding=batch_sharding),
+  if train.input_kind(config) == 'video':  # clips of config.data.num_frames frames
+    inputs = {'video': (config.batch_size, config.data.num_frames, size, size, 3)}
+  else:
+    inputs = {'image': (config.batch_size, size, size, 3)}
+  batch = {**{k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sharding)
+              for k, shape in inputs.items()},
            'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
                                          sharding=batch_sharding)}
   step = train.jit_train_step(train.make_train_step(config, apply, tx, schedule, num_classes),

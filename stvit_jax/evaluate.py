@@ -14,18 +14,39 @@ import optax
 from stvit_jax import sharding
 
 
+def model_input(batch):
+  """The model's input of a batch: 'video' clips or 'image's."""
+  return batch['video'] if 'video' in batch else batch['image']
+
+
+def view_probabilities(apply_fn, variables, views):
+  """(b, V, ...) views of b videos -> (b, classes) softmax averaged over the V views."""
+  b, v = views.shape[:2]
+  logits = apply_fn(variables, views.reshape(b * v, *views.shape[2:])).astype(jnp.float32)
+  return jax.nn.softmax(logits.reshape(b, v, -1)).mean(axis=1)
+
+
 def make_eval_step(apply_fn, *, num_classes, mesh, variable_shardings):
   """jit(eval_step)(variables, batch) -> masked sums {loss, top1, top5, count}.
 
-  `apply_fn(variables, images) -> logits` runs the model in inference mode.
+  `apply_fn(variables, inputs) -> logits` runs the model in inference mode.
+  A video batch with a views axis, (b, V, T, H, W, 3) (data/video.py), is scored
+  per video by the softmax probabilities averaged over its V views (spec VIDEO.md:
+  4 clips x 3 crops); the loss is then -log of the averaged probability.
   """
   k = min(5, num_classes)
 
   def eval_step(variables, batch):
-    logits = apply_fn(variables, batch['image']).astype(jnp.float32)
     labels, valid = batch['label'], batch['mask'] > 0
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    hits = jax.lax.top_k(logits, k)[1] == labels[:, None]
+    x = model_input(batch)
+    if 'video' in batch and x.ndim == 6:
+      scores = view_probabilities(apply_fn, variables, x)
+      picked = jnp.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
+      loss = -jnp.log(jnp.maximum(picked, jnp.finfo(jnp.float32).tiny))
+    else:
+      scores = apply_fn(variables, x).astype(jnp.float32)
+      loss = optax.softmax_cross_entropy_with_integer_labels(scores, labels)
+    hits = jax.lax.top_k(scores, k)[1] == labels[:, None]
     return {
         'loss': jnp.sum(jnp.where(valid, loss, 0.0)),
         'top1': jnp.sum(valid & hits[:, 0], dtype=jnp.int32),

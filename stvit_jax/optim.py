@@ -34,10 +34,21 @@ def learning_rate(config, total_steps, warmup_steps):
       decay_steps=total_steps, end_value=o.min_lr)
 
 
+def backbone_mask(params):
+  """True for every parameter outside the classification head (`head.*`)."""
+  return {k: jax.tree.map(lambda _, k=k: k != 'head', v) for k, v in params.items()}
+
+
 def make(config, schedule):
   o = config.optim
   adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                       mask=decay_mask)
+  chain = [adamw]
+  # Fine-tuning from a pre-trained backbone (Video Swin's recipe: backbone lr x 0.1):
+  # scaling the AdamW update scales its decoupled weight decay too, as a smaller lr does.
+  mult = o.get('backbone_lr_mult', 1.0)
+  if mult != 1.0:
+    chain.append(optax.masked(optax.scale(mult), backbone_mask))
   if o.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
-  return adamw
+    chain.insert(0, optax.clip_by_global_norm(o.grad_clip_norm))
+  return chain[0] if len(chain) == 1 else optax.chain(*chain)

@@ -23,7 +23,7 @@ from absl import logging
 from flax import nnx
 
 from stvit_jax import checkpoint, evaluate, models, optim, paths, sharding
-from stvit_jax.data import mixup, pipeline
+from stvit_jax.data import mixup, pipeline, video
 
 Steps = collections.namedtuple(
     'Steps', 'per_epoch total warmup eval_every checkpoint_every log_every')
@@ -39,6 +39,21 @@ def schedule_steps(config, steps_per_epoch):
     return n
   return Steps(steps_per_epoch, steps('total'), steps('warmup', 0), steps('eval_every', 0),
                steps('checkpoint_every'), max(1, config.log_every_steps))
+
+
+def input_kind(config):
+  """'image' or 'video': what config.model.name takes (models say so as `input_kind`)."""
+  from stvit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  return getattr(registry._lookup(config.model.name)[0], 'input_kind', 'image')  # pylint: disable=protected-access
+
+
+def data_for(config):
+  """The input pipeline module for the model's input kind: data/video.py or data/pipeline.py.
+
+  Each checks that config.data names a dataset of its kind (an image dataset for
+  a video model, or the reverse, stops with the field to change).
+  """
+  return video if input_kind(config) == 'video' else pipeline
 
 
 def model_kwargs(config):
@@ -97,7 +112,7 @@ def make_train_step(config, apply, tx, schedule, num_classes):
       images, targets = mixup.mixup_cutmix(mix_rng, batch['image'], batch['label'],
                                            num_classes=num_classes, cfg=mix)
     else:
-      images = batch['image']
+      images = evaluate.model_input(batch)
       targets = mixup.soft_targets(batch['label'], num_classes, mix.label_smoothing)
     if accum == 1:
       (loss, batch_stats), grads = grad_fn(params, state['batch_stats'], images, targets, drop_rng)
@@ -199,6 +214,11 @@ def check_config(config, info, mesh):
   if config.model.num_classes != info.num_classes:
     raise ValueError(f'config.model.num_classes={config.model.num_classes} but dataset '
                      f'{config.data.name!r} has {info.num_classes} classes')
+  mix = config.mixup
+  if input_kind(config) == 'video' and mix.prob > 0 and (mix.mixup_alpha > 0 or
+                                                         mix.cutmix_alpha > 0):
+    raise ValueError(f'config.mixup.prob={mix.prob}: Mixup/CutMix are for images; set '
+                     'config.mixup.prob=0 for a video model (the Video Swin recipe has none)')
   if config.model.img_size != config.data.image_size:
     raise ValueError(f'config.model.img_size={config.model.img_size} differs from '
                      f'config.data.image_size={config.data.image_size}; set both')
@@ -208,10 +228,11 @@ def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns a summary."""
   workdir = paths.absolute(workdir)
   mesh = sharding.make_mesh(config)
-  info = pipeline.dataset_info(config.data)
+  data = data_for(config)
+  info = data.dataset_info(config.data)
   check_config(config, info, mesh)
-  steps = schedule_steps(config, pipeline.steps_per_epoch(config.data,
-                                                          global_batch_size=config.batch_size))
+  steps = schedule_steps(config, data.steps_per_epoch(config.data,
+                                                      global_batch_size=config.batch_size))
   schedule = optim.learning_rate(config, steps.total, steps.warmup)
   tx = optim.make(config, schedule)
 
@@ -248,7 +269,7 @@ def train_and_evaluate(config, workdir):
     for name, params in (('eval', 'params'), ('eval_ema', 'ema')):
       if params in state:
         variables = {'params': state[params], 'batch_stats': state['batch_stats']}
-        batches = pipeline.eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+        batches = data.eval_iterator(config.data, global_batch_size=config.eval_batch_size)
         results[name] = evaluate.evaluate(eval_step, variables, batches, mesh,
                                           expected_count=info.num_eval)
         writer.write(step, name, results[name])
@@ -261,8 +282,8 @@ def train_and_evaluate(config, workdir):
   logging.info('%s: %.2fM parameters; %d steps (%d per epoch) of batch %d on mesh %s',
                config.model.name, num_params / 1e6, steps.total, steps.per_epoch,
                config.batch_size, dict(mesh.shape))
-  batches = pipeline.train_iterator(config.data, global_batch_size=config.batch_size,
-                                    seed=config.seed, start_step=start)
+  batches = data.train_iterator(config.data, global_batch_size=config.batch_size,
+                                seed=config.seed, start_step=start)
   pending, evals, stopped = [], {}, False
   t_start = t_last = time.perf_counter()
   step_last, t_first = start, None

@@ -128,6 +128,7 @@ def write_shard(task):
   tmp = final.with_name(final.name + '.tmp')
   done = {'file': task['file'], 'count': 0, 'num_bytes': 0, 'num_frames': 0,
           'missing': [], 'failed': [], 'partial': []}
+  cpu0 = time.process_time()
   with tf.io.TFRecordWriter(os.fspath(tmp)) as writer:
     for video_id, label, path in task['items']:
       try:
@@ -151,6 +152,7 @@ def write_shard(task):
         done['num_frames'] += len(frames)
       finally:
         _tick()
+  done['cpu_s'] = time.process_time() - cpu0  # this worker's CPU time on the shard
   tmp.rename(final)
   _write_json(final.with_name(final.name + '.done.json'), done)
   return done
@@ -288,8 +290,13 @@ def _run(todo, results, *, workers, total, resumed, progress_every_s, label):
 def _finish(builder, splits, tasks, results, work, final):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  cpu = sum(r.get('cpu_s', 0.0) for r in results.values())
+  videos = sum(len(t['items']) for t in tasks)
   report = {'name': builder.name, 'version': str(builder.version),
-            'num_classes': len(builder.info.features['label'].names), 'splits': {}}
+            'num_classes': len(builder.info.features['label'].names),
+            # decoding + resizing + JPEG + writing, per CPU-second of one worker
+            'videos_per_worker_cpu_s': round(videos / cpu, 3) if cpu else None,
+            'splits': {}}
   split_infos = []
   for split in splits:
     mine = [results[t['file']] for t in tasks if t['split'] == split]
@@ -331,6 +338,8 @@ def print_summary(report, where, file=sys.stdout):
       print(f'  undecodable: {v["path"]}: {v["error"]}', file=file)
     for v in r['partial'][:5]:
       print(f'  partial: {v["path"]}: {v["frames_kept"]} frames kept; {v["error"]}', file=file)
+  if report.get('videos_per_worker_cpu_s'):
+    print(f'{report["videos_per_worker_cpu_s"]} videos per CPU-second of a worker', file=file)
   print(f'report: {epath.Path(where) / REPORT}', file=file)
 
 
