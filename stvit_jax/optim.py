@@ -36,7 +36,10 @@ def learning_rate(config, total_steps, warmup_steps):
 
 def backbone_mask(params):
   """True for every parameter outside the classification head (`head.*`)."""
-  return {k: jax.tree.map(lambda _, k=k: k != 'head', v) for k, v in params.items()}
+  def outside(path, _):
+    top = path[0]
+    return str(getattr(top, 'key', getattr(top, 'name', top))) != 'head'
+  return jax.tree_util.tree_map_with_path(outside, params)
 
 
 def make(config, schedule):
