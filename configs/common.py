@@ -125,3 +125,49 @@ def runlocal(config):
   config.checkpoint_every_epochs = 1.0
   config.log_every_steps = 1
   return config
+
+
+def video_base(model_name, *, dataset, num_classes, img_size, num_frames, **model_overrides):
+  """The Video Swin recipe (spec VIDEO.md section 1) for `model_name` on a video dataset.
+
+  AdamW lr 1e-3 at batch 64 with the backbone at x0.1, weight decay 0.02, 30
+  epochs with 2.5 of linear warm-up from 0.1 x lr, cosine; plain cross entropy.
+  """
+  config = base(model_name, dataset='imagenet2012', num_classes=num_classes,
+                img_size=img_size, num_frames=num_frames, **model_overrides)
+  config.data = data_defaults.video_data_config(dataset)
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)
+  config.data.image_size = img_size
+  config.data.num_frames = num_frames
+  config.mixup.prob = 0.0
+  config.mixup.label_smoothing = 0.0
+  config.batch_size = 64  # clips, global
+  config.eval_batch_size = 64  # videos, each eval_clips x eval_crops views
+  config.total_epochs = 30.0
+  config.warmup_epochs = 2.5
+  config.eval_every_epochs = 5.0
+  config.optim.lr = 1e-3
+  config.optim.lr_base_batch = 64
+  config.optim.warmup_lr = 1e-4
+  config.optim.min_lr = 0.0
+  config.optim.weight_decay = 0.02
+  config.optim.grad_clip_norm = 0.0
+  config.optim.backbone_lr_mult = 0.1
+  return config
+
+
+def kinetics(model_name, *, baseline_name, arg, drop_path_rate, dataset='kinetics400'):
+  """Kinetics config of `model_name` (32 x 224 x 224 clips); `:baseline` swaps in `baseline_name`."""
+  chosen = parse_variants(arg, {'baseline', 'runlocal'})
+  name = baseline_name if 'baseline' in chosen else model_name
+  num_classes = int(dataset[len('kinetics'):])
+  config = video_base(name, dataset=dataset, num_classes=num_classes, img_size=224,
+                      num_frames=32, drop_path_rate=drop_path_rate)
+  if 'runlocal' in chosen:
+    runlocal(config)
+    config.data.eval_split = 'validation[:8]'
+    config.data.num_frames = config.model.num_frames = 8
+    config.data.eval_clips, config.data.eval_crops = 2, 1
+    config.eval_batch_size = 4
+    config.init_from = ''
+  return config
