@@ -21,7 +21,6 @@ from absl import logging
 from flax import nnx
 
 from stvit_jax import checkpoint, evaluate, paths, pretrained, sharding, train, weights
-from stvit_jax.data import pipeline
 
 MODES = ('train', 'eval')
 
@@ -62,7 +61,8 @@ def run(config, workdir):
   check(config)
   workdir = paths.absolute(workdir)
   mesh = sharding.make_mesh(config)
-  info = pipeline.dataset_info(config.data)
+  data = train.data_for(config)  # image or video pipeline, by the model's input kind
+  info = data.dataset_info(config.data)
   train.check_config(config, info, mesh)
   graphdef, abs_params, abs_stats, abs_rngs = train.split(
       nnx.eval_shape(lambda: train.create_model(config)))
@@ -76,7 +76,7 @@ def run(config, workdir):
                                       variable_shardings=shardings)
   logging.info('evaluating %s from %s on %s %s (%d examples)', config.model.name,
                config.init_from, config.data.name, config.data.eval_split, info.num_eval)
-  batches = pipeline.eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+  batches = data.eval_iterator(config.data, global_batch_size=config.eval_batch_size)
   results = evaluate.evaluate(eval_step, variables, batches, mesh, expected_count=info.num_eval)
 
   entry = pretrained.expected_top1(config.model.name, config.init_from)

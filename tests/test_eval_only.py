@@ -88,3 +88,37 @@ def test_eval_mode_without_init_from_is_one_message_and_exit_2(tmp_path):
   assert "error: config.mode='eval' evaluates the weights of config.init_from" in out.stderr
   assert 'Traceback' not in out.stderr
   assert not (tmp_path / 'run').exists()  # nothing written before the inputs are valid
+
+
+def test_eval_mode_on_video_views(tmp_path):
+  """A video model: the video pipeline's clips x crops views, each video counted once."""
+  from flax import nnx
+  from configs import common
+  from stvit_jax import weights
+  from stvit_jax.data import kinetics
+  import video_fixtures
+  root, data_dir = tmp_path / 'manual', tmp_path / 'tfds'
+  os.makedirs(root)
+  video_fixtures.make_kinetics_dir(str(root))
+  kinetics.prepare(video_fixtures.TinyVideos, str(root), data_dir=str(data_dir),
+                   videos_per_shard=3)
+  tiny = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=(2, 2, 2),
+              patch_size=(2, 4, 4))
+  config = common.video_base('video_swin_tiny', dataset='kinetics400', num_classes=3,
+                             img_size=16, num_frames=4, **tiny)
+  config.data.update(name='tiny_videos', data_dir=str(data_dir), eval_clips=2, eval_crops=3,
+                     prefetch=1)
+  config.eval_batch_size = 2
+  options = dict(tiny, num_classes=3, img_size=16, num_frames=4)
+  model = nnx.eval_shape(lambda: models.create('video_swin_tiny', **options))
+  rng = np.random.default_rng(0)
+  for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    var.set_value((0.1 * rng.standard_normal(var.get_value().shape)).astype(np.float32))
+  weights.save_weights(tmp_path / 'w', model, {'model': 'video_swin_tiny', 'num_classes': 3,
+                                                'options': options})
+  config.init_from, config.mode = str(tmp_path / 'w'), 'eval'
+  record = eval_only.run(config, tmp_path / 'run')
+  # 5 decodable validation videos (one file is corrupt), 2 x 3 views each
+  assert record['num_examples'] == 5 and record['expected_top1'] is None
+  assert 0 <= record['top1'] <= record['top5'] <= 1 and np.isfinite(record['loss'])
+  assert json.load(open(tmp_path / 'run' / 'eval.json'))['num_examples'] == 5
