@@ -74,6 +74,9 @@ def base(model_name, *, dataset, num_classes, img_size, **model_overrides):
       weight_decay=0.05,
       grad_clip_norm=5.0,  # 0 disables
       grad_accum_steps=1,  # micro-batches per optimizer step (scan inside the step)
+      # A non-finite loss or gradient norm stops the run (exit 3), naming the step; N > 0
+      # instead skips up to N consecutive such updates (counted as skipped_updates).
+      skip_nonfinite=0,
   ))
   config.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights
 
@@ -85,6 +88,10 @@ def base(model_name, *, dataset, num_classes, img_size, **model_overrides):
   # 'train', or 'eval': evaluate init_from's weights on data.eval_split, train nothing
   # (stvit_jax/eval_only.py); `--config.init_from=pretrained --config.mode=eval`.
   config.mode = 'train'
+  # Resuming refuses a config change that breaks exact resume (batch size, seed, data,
+  # model, optimizer, schedule: stvit_jax/runconfig.py) unless its fields are listed
+  # here, comma separated ('batch_size,seed'), or 'all'.
+  config.resume_allow_changes = ''
 
   # Mesh ('data', 'fsdp'); -1 takes the remaining devices. Parameters are placed by
   # the first matching (regex, rule) on their path; rule 'fsdp' shards the largest

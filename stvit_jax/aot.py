@@ -26,7 +26,6 @@ import re
 import sys
 import time
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_flags
 
-from stvit_jax import optim, sharding, train
+from stvit_jax import cli, optim, sharding, train
 from stvit_jax.data import pipeline
 
 INSTALL = ("pip install 'stvit_jax[tpu]'  (or pip install 'libtpu==0.0.42.*', the libtpu "
@@ -283,7 +282,7 @@ flags.mark_flags_as_required(['config', 'topology'])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    raise cli.UserError(f'unexpected arguments {argv[1:]}: every option is a --flag')
   use_cpu_host()  # before anything initialises a backend
   try:
     topology = parse_topology(FLAGS.topology)
@@ -296,5 +295,10 @@ def main(argv):
     sys.exit(2)
 
 
+def run(argv=None):
+  """The command line, callable in-process (tests): returns the exit status."""
+  return cli.run_absl(main, cli.parse_flags, argv)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(run())

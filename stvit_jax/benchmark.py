@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stvit_jax import flops
+from stvit_jax import cli, flops
 
 DTYPES = ('float32', 'bfloat16')
 
@@ -242,8 +242,7 @@ def _ints(text):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m stvit_jax.benchmark', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m stvit_jax.benchmark', description=__doc__)
   parser.add_argument('--models', default='deit_small,stvit_deit_small',
                       help='comma-separated registered names; the first is the baseline')
   parser.add_argument('--batch', type=_ints, default=[1, 64], help='comma-separated batch sizes')
@@ -330,4 +329,4 @@ def parse_options(pairs):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

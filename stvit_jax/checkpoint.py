@@ -3,24 +3,34 @@
 A checkpoint step holds three items:
   params  {'params', 'batch_stats'}          what `init_from` reads
   train   {'step', 'opt_state', 'ema'?}      the rest of the train state
-  meta    JSON: the model's name and parameter shapes, and the input
-          pipeline's position. The data iterator is deterministic given the
-          step (data contract), so the position is just the next step.
-A checkpoint of another model fails with a message naming both models.
+  meta    JSON: the model's name and parameter shapes, the run's config, and
+          the input pipeline's position. The data iterator is deterministic
+          given the step (data contract), so the position is just the next step.
+A checkpoint of another model fails with a message naming both models, one of
+a changed config with the fields that changed (runconfig.py). A newest step
+that cannot be read (truncated or missing files, non-finite values) is moved
+aside to checkpoints.corrupt/ with a one-line warning, and the previous step
+is restored; none readable is one error naming each step and its cause.
+The caller never saves a non-finite state (train.py checks before `save`), so
+keep-N retention cannot rotate out the newest finite checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import logging as std_logging
 import os
 import signal
 import threading
+import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from stvit_jax import paths, sharding
+from stvit_jax import cli, paths, runconfig, sharding
 
 ITEMS = ('params', 'train', 'meta')
 
@@ -64,23 +74,40 @@ class Checkpointer:
                 policies.FixedIntervalPolicy(every_steps),
                 policies.PreemptionCheckpointingPolicy()])))
     self.stop_requested = threading.Event()
-    self._previous_handler = None
+    self._previous_handlers = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       # Multi-host runs rely on JAX's preemption service (reached_preemption below),
       # which agrees on one step across hosts; a local flag could not.
-      self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM: will save a checkpoint after this step and exit')
+  def _on_signal(self, signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT and self.stop_requested.is_set():
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, without the save
+    logging.warning('%s: will save a checkpoint after this step and exit%s', name,
+                    ' (Ctrl-C again stops at once, unsaved)' if signum == signal.SIGINT else '')
     self.stop_requested.set()
 
   def should_stop(self, step):
     return self.stop_requested.is_set() or self.manager.reached_preemption(step)
 
+  def due(self, step, *, force=False):
+    """Whether `save(step, ..., force=force)` would save: the caller checks the state first."""
+    return force or self.manager.should_save(step)
+
+  def check_for_errors(self):
+    """Raises cli.CheckpointError, in one line, if a background save has failed."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise cli.CheckpointError(f'saving a checkpoint to {self.directory} failed: '
+                                f'{_cause(e)}') from e
+
   def save(self, step, state, meta, *, force=False):
     """Saves `state` (at `step`) if the interval or `force` says so; async."""
-    if not (force or self.manager.should_save(step)):  # most steps: build nothing
+    if not self.due(step, force=force):  # most steps: build nothing
       return False
     train = {k: v for k, v in state.items() if k not in ('params', 'batch_stats')}
     saved = self.manager.save(step, force=force, args=ocp.args.Composite(
@@ -96,28 +123,117 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def restore(self, abstract_state, meta):
-    """The latest saved state laid out like `abstract_state` (with shardings), or None."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    check_same_model(saved.meta, meta, self.directory)
+    """The newest readable saved state laid out like `abstract_state`, or None.
+
+    A step that fails to read is moved aside (`_set_aside`) and the one before it
+    tried; a checkpoint of another model or config is an error, not corruption.
+    """
+    failures = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        with _quiet_orbax():
+          saved = self.manager.restore(step, args=ocp.args.Composite(
+              meta=ocp.args.JsonRestore())).meta
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(self._set_aside(step, e))
+        continue
+      check_same_model(saved, meta, self.directory)
+      changed = runconfig.check_resume(saved.get('config'), meta.get('config'),
+                                       self.directory.parent)
+      for field, old, new in changed:
+        logging.warning('resuming with config.%s changed from %r to %r '
+                        '(config.resume_allow_changes)', field, old, new)
+      try:
+        with _quiet_orbax():
+          state = self._restore_state(step, abstract_state, saved)
+      except Exception as e:  # pylint: disable=broad-except
+        failures.append(self._set_aside(step, e))
+        continue
+      return state
+    if failures:
+      raise cli.CheckpointError(f'no checkpoint in {self.directory} is readable: '
+                                + '; '.join(failures))
+    return None
+
+  def _restore_state(self, step, abstract_state, saved):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     train = {k: v for k, v in abstract.items() if k not in ('params', 'batch_stats')}
     out = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore({'params': abstract['params'],
                                          'batch_stats': abstract['batch_stats']}),
         train=ocp.args.StandardRestore(train)))
-    if int(out.train['step']) != saved.meta['data_position']['next_step']:
-      raise RuntimeError(f'checkpoint step {step} is inconsistent: train.step='
-                         f'{int(out.train["step"])}, data position {saved.meta["data_position"]}')
-    return {**out.params, **out.train}
+    if int(out.train['step']) != saved['data_position']['next_step']:
+      raise RuntimeError(f'inconsistent: train.step={int(out.train["step"])}, data position '
+                         f'{saved["data_position"]}')
+    state = {**out.params, **out.train}
+    if not all_finite(state):  # written before saves were checked
+      raise FloatingPointError('it holds non-finite values')
+    return state
 
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
-    if self._previous_handler is not None:
-      signal.signal(signal.SIGTERM, self._previous_handler)
+  def _set_aside(self, step, error):
+    """Moves unreadable step `step` to checkpoints.corrupt/ (never deletes it); warns once."""
+    source = self.directory / str(step)
+    target = self.directory.parent / 'checkpoints.corrupt' / f'{step}-{int(time.time())}'
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'checkpoint_set_aside_{step}')
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      source.rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'checkpoint_set_aside_{step}_done')
+    self.manager.reload()
+    cause = _cause(error)
+    logging.warning('checkpoint step %d in %s is unreadable (%s); moved it to %s and trying '
+                    'the previous step', step, source, cause, target)
+    return f'step {step}: {cause} (moved to {target})'
+
+  def close(self, *, wait=True):
+    if wait:
+      self.manager.wait_until_finished()
+    with contextlib.suppress(Exception):  # closing after a failure: the failure is reported
+      self.manager.close()
+    for sig, handler in self._previous_handlers.items():
+      signal.signal(sig, handler)
+    self._previous_handlers = {}
+
+
+def all_finite(tree):
+  """Whether every floating-point leaf of `tree` is finite (one reduction on device)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return True
+  return bool(jax.device_get(jax.jit(
+      lambda xs: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in xs])))(leaves)))
+
+
+def _cause(error):
+  """An exception in one line: its type and the first line of its message."""
+  text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  first = lines[0] if lines else ''
+  return f'{type(error).__name__}: {first[:300]}' if first else type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Orbax and asyncio log each failing read's traceback (hundreds of lines for one
+  truncated file); the exception itself is reported in one line by the caller."""
+  loggers = [std_logging.getLogger(n) for n in ('asyncio', 'absl', 'orbax')]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(std_logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
+def has_checkpoints(workdir):
+  """Whether `workdir` holds saved steps already (a resume), without creating anything."""
+  path = epath.Path(paths.absolute(workdir)) / 'checkpoints'
+  return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
 
 
 def _find_step_dir(directory):

@@ -32,9 +32,10 @@ import re
 import sys
 
 import numpy as np
+from etils import epath
 from flax import nnx
 
-from stvit_jax import models, paths, weights
+from stvit_jax import cli, models, paths, weights
 
 IGNORED = (  # buffers that the JAX models rebuild as numpy constants
     (re.compile(r'(^|\.)num_batches_tracked$'), 'BatchNorm step counter'),
@@ -94,8 +95,23 @@ def detect_layout(state_dict):
     return 'microsoft'
   if any(re.match(r'layers\.\d+\.downsample\.', n) for n in state_dict):
     return 'timm'
+  if not any(n.startswith('layers.') for n in state_dict):
+    raise ConversionError(f'this is not a Swin checkpoint: it has no layers.N.* tensors '
+                          f'({source_kind(state_dict)}); convert it with --model of that family')
   raise ConversionError("cannot tell the Swin layout: no 'layers.N.downsample' tensors; pass "
                         "--layout with one of 'microsoft', 'timm'")
+
+
+def source_kind(state_dict):
+  """What a state_dict looks like, from its names, for messages: 'a DeiT / ViT checkpoint'."""
+  names = set(state_dict)
+  if any(n.startswith('blocks.') for n in names) and 'cls_token' in names:
+    return 'it looks like a DeiT / ViT checkpoint: cls_token, blocks.N.*'
+  if any(n.startswith('layers.') for n in names):
+    return 'it looks like a Swin checkpoint: layers.N.*'
+  shown = ', '.join(sorted(names)[:4])
+  return f'its first tensors are {shown}' if names else 'it holds no tensors'
+
 
 
 def rules_for(name, state_dict, layout='auto'):
@@ -324,7 +340,14 @@ def load_state_dict(path, key=None):
   except ImportError:
     raise ImportError(f"reading {ext} files needs PyTorch: pip install 'stvit_jax[torch]'"
                       ) from None
-  obj = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    # torch's own advice (weights_only=False) would run arbitrary pickled code; a
+    # released checkpoint never needs it. Name the file and the first line of the cause.
+    cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(f'--src {path}: not a readable PyTorch checkpoint ({type(e).__name__}: '
+                     f'{cause[:200]}); expected a state_dict saved with torch.save') from None
   if key is None and isinstance(obj, dict):
     key = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
   if key is not None:
@@ -398,8 +421,7 @@ def convert_file(name, src, out, *, key=None, num_classes=None, img_size=None, l
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m stvit_jax.convert', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m stvit_jax.convert', description=__doc__)
   parser.add_argument('--model', required=True, help='registry name, e.g. stvit_r_swin_small')
   parser.add_argument('--src', required=True, help='source file: ' + ', '.join(FORMATS))
   parser.add_argument('--out', required=True,
@@ -418,6 +440,10 @@ def main(argv=None):
     parser.error(f'--model {args.model!r} is not valid; choose one of {", ".join(models.names())}')
   if not os.path.isfile(args.src):
     parser.error(f'--src {args.src!r}: no such file')
+  out = epath.Path(paths.absolute(args.out))
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # Converted weights are a directory of their own; never mix them into other files.
+    parser.error(f'--out {args.out!r} exists and is not an empty directory; choose a new one')
 
   overrides = dict(args.overrides)
   for field in ('num_classes', 'img_size'):  # --set img_size=S means --img_size S
@@ -445,4 +471,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main)

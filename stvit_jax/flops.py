@@ -23,6 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
+from stvit_jax import cli
+
 
 def _shape(v):
   return v.aval.shape
@@ -117,8 +119,7 @@ def model_macs(model, image_size: int = 224, batch: int = 1, num_frames: int = 3
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m stvit_jax.flops', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m stvit_jax.flops', description=__doc__)
   parser.add_argument('models', nargs='*', metavar='MODEL',
                       help='registered model names (default: all)')
   parser.add_argument('--image_size', type=int, default=224)
@@ -145,8 +146,16 @@ def main(argv=None):
   for name in names:
     try:
       # eval_shape: shapes only, so full-size models cost no memory or init time.
-      classes = {} if args.num_classes is None else {'num_classes': args.num_classes}
-      model = nnx.eval_shape(lambda: models.create(name, **classes, rngs=nnx.Rngs(0)))
+      # Built for --image_size (position tables, windows), as at training time.
+      options = models.options(name)
+      kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
+      if 'img_size' in options:
+        kwargs['img_size'] = args.image_size
+      window = options.get('window_size')
+      if (isinstance(window, int) and args.image_size != options.get('img_size')
+          and (args.image_size // 32) % window):
+        kwargs['window_size'] = args.image_size // 32  # as Swin's own 384 models: 12
+      model = nnx.eval_shape(lambda: models.create(name, **kwargs, rngs=nnx.Rngs(0)))
     except ValueError as err:  # Unknown name: the registry lists the valid ones.
       raise SystemExit(str(err)) from None
     params = count_params(model)
@@ -168,4 +177,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

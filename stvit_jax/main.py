@@ -11,17 +11,16 @@ workdir's latest checkpoint. Several cooperating processes (stvit_jax/distribute
 (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); on multi-host TPU
 pods STVIT_JAX_INIT=1 (the launch/ scripts set it) detects them.
 """
-import importlib.machinery
 import logging as std_logging
 import os
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from stvit_jax import cli
 from stvit_jax import distributed
 from stvit_jax import train
 
@@ -42,32 +41,7 @@ flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (d
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def parse_flags(argv):
-  """FLAGS(argv), naming an unknown `--config.a.b` and the fields valid there.
-
-  (ml_collections reports one as a bare AttributeError / KeyError.)
-  """
-  try:
-    return FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError) as e:
-    spec = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
-    if not spec:
-      raise
-    path, _, arg = spec[-1].partition(':')
-    module = importlib.machinery.SourceFileLoader('_config', path).load_module()
-    config = module.get_config(arg) if arg else module.get_config()
-    for a in argv[1:]:
-      if not a.startswith('--config.'):
-        continue
-      parts, node = a.split('=', 1)[0][len('--config.'):].split('.'), config
-      for i, key in enumerate(parts):
-        if not hasattr(node, 'keys') or key not in node:
-          where = '.'.join(['config'] + parts[:i])
-          valid = ', '.join(sorted(node.keys())) if hasattr(node, 'keys') else 'none'
-          raise SystemExit(f'unknown config field {a.split("=", 1)[0]}: {where} has no '
-                           f'{key!r}; valid fields there: {valid}') from e
-        node = node[key]
-    raise
+parse_flags = cli.parse_flags
 
 
 class QuietOrbaxInfo(std_logging.Filter):
@@ -80,7 +54,8 @@ class QuietOrbaxInfo(std_logging.Filter):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    raise cli.UserError(f'unexpected arguments {argv[1:]}: every option is a --flag '
+                        '(--config.a.b=v for config fields)')
   logging.get_absl_handler().addFilter(QuietOrbaxInfo())
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   # Keep TensorFlow (the input pipeline) off the accelerators JAX uses.
@@ -88,7 +63,8 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
 
   print(f'JAX {jax.__version__}: {distributed.layout(FLAGS.config)}', flush=True)
-  logging.info('config:\n%s', FLAGS.config)
+  # The full config goes to WORKDIR/config.json once it is validated (train.py).
+  logging.debug('config:\n%s', FLAGS.config)
   if FLAGS.config.get('mode', 'train') != 'train':
     summary = _evaluate_only(FLAGS.config, FLAGS.workdir)
   else:
@@ -96,6 +72,16 @@ def main(argv):
     summary.pop('state')
   print('summary:', ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                              for k, v in summary.items()), flush=True)
+  if summary.get('stopped_early'):
+    print(f'stopped early at step {summary["final_step"]} after saving a checkpoint; rerun '
+          f'the same command to resume (exit status {cli.PREEMPTED})', flush=True)
+    return cli.PREEMPTED
+  return cli.OK
+
+
+def run(argv=None):
+  """The command line, callable in-process (tests): returns the exit status."""
+  return cli.run_absl(main, parse_flags, argv)
 
 
 def _evaluate_only(config, workdir):
@@ -115,4 +101,4 @@ def _evaluate_only(config, workdir):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main, flags_parser=parse_flags)
+  sys.exit(run())

@@ -22,8 +22,9 @@ import optax
 from absl import logging
 from flax import nnx
 
-from stvit_jax import checkpoint, evaluate, models, optim, paths, sharding
+from stvit_jax import checkpoint, evaluate, health, models, optim, paths, runconfig, sharding
 from stvit_jax.data import mixup, pipeline, video
+from stvit_jax.metric_writer import MetricWriter
 
 Steps = collections.namedtuple(
     'Steps', 'per_epoch total warmup eval_every checkpoint_every log_every')
@@ -96,6 +97,7 @@ def placeholder_rngs(abstract):
 def make_train_step(config, apply, tx, schedule, num_classes):
   """The pure train step: (state, batch) -> (state, metrics)."""
   accum, ema_decay, mix = config.optim.grad_accum_steps, config.ema_decay, config.mixup
+  skip_nonfinite = config.optim.get('skip_nonfinite', 0) > 0
   use_mixup = mix.prob > 0 and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0)
 
   def loss_fn(params, batch_stats, images, targets, rng):
@@ -137,7 +139,13 @@ def make_train_step(config, apply, tx, schedule, num_classes):
     if ema_decay > 0:
       new['ema'] = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
                                 state['ema'], new['params'])
-    metrics = {'loss': loss, 'lr': schedule(step), 'grad_norm': optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    metrics = {'loss': loss, 'lr': schedule(step), 'grad_norm': grad_norm,
+               **health.step_metrics(step, loss, grad_norm)}
+    if skip_nonfinite:  # a non-finite update leaves the state as it was (but the step counts)
+      kept = health.keep_if_finite(metrics['finite'], {k: v for k, v in new.items() if k != 'step'},
+                                   {k: v for k, v in state.items() if k != 'step'})
+      new = {'step': new['step'], **kept}
     return new, metrics
 
   return train_step
@@ -170,38 +178,6 @@ def jit_train_step(train_step, mesh, shardings):
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
-class MetricWriter:
-  """JSONL (`metrics.jsonl`) and TensorBoard (`tensorboard/`) in the workdir, process 0 only."""
-
-  def __init__(self, workdir):
-    self.active = jax.process_index() == 0
-    if self.active:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      self.tf = tf
-      tf.io.gfile.makedirs(workdir)
-      self.jsonl = tf.io.gfile.GFile(os.path.join(workdir, 'metrics.jsonl'), 'a')
-      self.tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
-      self.scalar_metadata = tf.compat.v1.SummaryMetadata(
-          plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='scalars'))
-
-  def write(self, step, split_name, scalars):
-    if not self.active:
-      return
-    self.jsonl.write(json.dumps({'step': step, 'split': split_name, **scalars}) + '\n')
-    self.jsonl.flush()
-    with self.tb.as_default(step=step):
-      for k, v in scalars.items():
-        # = tensorboard's tf.summary.scalar, which needs the tensorboard package.
-        self.tf.summary.write(f'{split_name}/{k}', self.tf.constant(v, self.tf.float32),
-                              metadata=self.scalar_metadata)
-    self.tb.flush()
-
-  def close(self):
-    if self.active:
-      self.jsonl.close()
-      self.tb.close()
-
-
 def check_config(config, info, mesh):
   """Fails early, naming the field, for settings that cannot work together."""
   for name in ('batch_size', 'eval_batch_size'):
@@ -225,7 +201,12 @@ def check_config(config, info, mesh):
 
 
 def train_and_evaluate(config, workdir):
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns a summary."""
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns a summary.
+
+  Raises cli.Diverged when a step's loss or gradient norm is non-finite (nothing
+  non-finite is ever saved), and the user errors of invalid configs before
+  writing anything.
+  """
   workdir = paths.absolute(workdir)
   mesh = sharding.make_mesh(config)
   data = data_for(config)
@@ -242,20 +223,37 @@ def train_and_evaluate(config, workdir):
 
   init_state = make_init_state(config, tx)
   abstract, shardings = abstract_state(init_state, mesh, config.sharding_rules)
-  meta = checkpoint.describe(config, abs_params)
+  run_config = runconfig.to_dict(config)
+  meta = {**checkpoint.describe(config, abs_params), 'config': run_config}
   num_params = sum(int(np.prod(s)) for s in meta['param_shapes'].values())
+  state = None
+  if not checkpoint.has_checkpoints(workdir):  # a fresh run: load init_from before writing
+    state = jax.jit(init_state, out_shardings=shardings)()
+    if config.init_from:
+      state = init_from(config, state, graphdef, rngs, meta, shardings)
 
   ckpt = checkpoint.Checkpointer(workdir, every_steps=steps.checkpoint_every,
                                  keep=config.checkpoint.keep,
                                  async_save=config.checkpoint.async_save)
-  state = ckpt.restore(abstract, meta)
-  if state is not None:
-    logging.info('resuming from %s at step %d', ckpt.directory, int(state['step']))
-  else:
-    state = jax.jit(init_state, out_shardings=shardings)()
-    if config.init_from:
-      state = init_from(config, state, graphdef, rngs, meta, shardings)
+  if state is None:
+    try:
+      state = ckpt.restore(abstract, meta)
+    except BaseException:
+      ckpt.close()
+      raise
+    if state is None:  # step folders, but none that orbax lists as complete
+      state = jax.jit(init_state, out_shardings=shardings)()
+      if config.init_from:
+        state = init_from(config, state, graphdef, rngs, meta, shardings)
+    else:
+      logging.info('resuming from %s at step %d', ckpt.directory, int(state['step']))
   start = int(jax.device_get(state['step']))
+  if jax.process_index() == 0:
+    paths_json = os.path.join(workdir, 'config.json')
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.io.gfile.GFile(paths_json, 'w') as f:
+      json.dump(run_config, f, indent=1, sort_keys=True)
+    logging.info('config: %s', paths_json)
 
   train_step = jit_train_step(make_train_step(config, apply, tx, schedule, info.num_classes),
                               mesh, shardings)
@@ -278,47 +276,60 @@ def train_and_evaluate(config, workdir):
                      results[name]['loss'], results[name]['num_examples'])
     return results
 
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start_step=start)
   logging.info('%s: %.2fM parameters; %d steps (%d per epoch) of batch %d on mesh %s',
                config.model.name, num_params / 1e6, steps.total, steps.per_epoch,
                config.batch_size, dict(mesh.shape))
   batches = data.train_iterator(config.data, global_batch_size=config.batch_size,
                                 seed=config.seed, start_step=start)
+  tracker = health.Health(config.optim.get('skip_nonfinite', 0))
   pending, evals, stopped = [], {}, False
   t_start = t_last = time.perf_counter()
   step_last, t_first = start, None
   step = start
-  while step < steps.total:
-    state, metrics = train_step(state, sharding.to_global(next(batches), mesh))
-    step += 1
-    pending.append(metrics)
-    if step == start + 1:  # the first step compiles: time from its end on
-      jax.block_until_ready(metrics)
-      t_first = t_last = time.perf_counter()
-      step_last = step
-    if step % steps.log_every == 0 or step == steps.total:
-      fetched = jax.device_get(pending)
-      pending = []
-      now = time.perf_counter()
-      rate = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
-      scalars = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      scalars['images_per_sec'] = rate
-      writer.write(step, 'train', scalars)
-      eta = (steps.total - step) * config.batch_size / rate if rate > 0 else float('nan')
-      logging.info('step %d/%d | epoch %.2f | loss %.4f | lr %.2e | %.0f img/s | ETA %s', step,
-                   steps.total, step / steps.per_epoch, scalars['loss'], scalars['lr'], rate,
-                   _hms(eta))
-      if not np.isfinite(scalars['loss']):
-        raise FloatingPointError(f'loss is {scalars["loss"]} at step {step}')
-      t_last, step_last = now, step
-    if steps.eval_every and (step % steps.eval_every == 0 or step == steps.total):
-      evals = run_eval(step)  # eval_every 0: never
-    stopped = ckpt.should_stop(step)
-    ckpt.save(step, state, meta, force=stopped or step == steps.total)
-    if stopped:
-      logging.warning('stop requested: saved step %d, exiting', step)
-      break
-  ckpt.close()
+  try:
+    while step < steps.total:
+      state, metrics = train_step(state, sharding.to_global(next(batches), mesh))
+      step += 1
+      tracker.update(metrics)  # on device: no wait for the step
+      pending.append(metrics)
+      if step == start + 1:  # the first step compiles: time from its end on
+        jax.block_until_ready(metrics)
+        t_first = t_last = time.perf_counter()
+        step_last = step
+      if step % steps.log_every == 0 or step == steps.total:
+        fetched = jax.device_get(pending)
+        pending = []
+        now = time.perf_counter()
+        rate = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
+        scalars = health.log_scalars(fetched)
+        scalars['images_per_sec'] = rate
+        if tracker.max_skips:
+          scalars['skipped_updates'] = tracker.skipped()
+        writer.write(step, 'train', scalars)
+        eta = (steps.total - step) * config.batch_size / rate if rate > 0 else float('nan')
+        logging.info('step %d/%d | epoch %.2f | loss %.4f | lr %.2e | %.0f img/s | ETA %s',
+                     step, steps.total, step / steps.per_epoch, scalars['loss'], scalars['lr'],
+                     rate, _hms(eta))
+        health.check_finite(tracker, ckpt, fetched)
+        t_last, step_last = now, step
+      if steps.eval_every and (step % steps.eval_every == 0 or step == steps.total):
+        health.check_finite(tracker, ckpt, pending)
+        evals = run_eval(step)  # eval_every 0: never
+      stopped = ckpt.should_stop(step)
+      force = stopped or step == steps.total
+      if ckpt.due(step, force=force):  # (asks the save policies once per step)
+        health.check_finite(tracker, ckpt, pending)  # never save a non-finite state
+        ckpt.save(step, state, meta, force=True)
+      ckpt.check_for_errors()  # a failed background save: now, not at the next save
+      if stopped:
+        logging.warning('stop requested: saved step %d, exiting', step)
+        break
+    ckpt.close()
+  except BaseException:
+    ckpt.close(wait=False)
+    writer.close()
+    raise
 
   t_end = time.perf_counter()
   timed = step - (start + 1) if t_first is not None else 0
@@ -329,13 +340,33 @@ def train_and_evaluate(config, workdir):
       'images_per_sec': timed * config.batch_size / max(t_end - (t_first or t_end), 1e-9),
       **{f'{name}_{k}': v for name, r in evals.items() for k, v in r.items()},
   }
+  if tracker.max_skips:
+    summary['skipped_updates'] = tracker.skipped()
   if writer.active:
-    with writer.tf.io.gfile.GFile(os.path.join(workdir, 'summary.json'), 'w') as f:
+    path = os.path.join(workdir, 'summary.json')
+    if start == step and writer.tf.io.gfile.exists(path):
+      # Rerunning a finished command trains and evaluates nothing: keep the numbers
+      # of the run that did (its eval results, its speed).
+      with writer.tf.io.gfile.GFile(path) as f:
+        earlier = json.load(f)
+      if earlier.get('final_step') == step:
+        summary = {**earlier, 'start_step': start, 'stopped_early': False}
+    with writer.tf.io.gfile.GFile(path, 'w') as f:
       json.dump(summary, f, indent=1)
   writer.close()
   logging.info('done: %s', json.dumps(summary))
   summary['state'] = state
   return summary
+
+
+def check_init_from(path, source):
+  """Converted weights at `source` (`path` resolved), or a user error naming both."""
+  from stvit_jax import weights  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  if not (epath.Path(paths.absolute(source)) / weights.WEIGHTS).is_dir():
+    raise FileNotFoundError(
+        f'config.init_from={path}: neither converted weights (a {weights.WEIGHTS}/ folder, '
+        'python -m stvit_jax.convert) nor a run workdir with checkpoints/ is there')
 
 
 def init_from(config, state, graphdef, rngs, meta, shardings):
@@ -348,9 +379,11 @@ def init_from(config, state, graphdef, rngs, meta, shardings):
   if checkpoint.is_run_checkpoint(source):
     params, stats, provenance = checkpoint.load_run_params(source, params, stats, meta)
   else:
+    check_init_from(config.init_from, source)
     model = nnx.merge(graphdef, params, stats, rngs)
     # replace_head: a head of another class count keeps its fresh init; the rest is strict.
-    provenance = weights.load_weights(model, source, replace_head=True)
+    provenance = weights.load_weights(model, source, replace_head=True,
+                                      name=config.model.name)
     _, params, stats, _ = split(model)
   logging.info('init_from %s: %s', config.init_from, provenance)
   state = dict(state, params=params, batch_stats=stats)

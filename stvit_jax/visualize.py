@@ -24,14 +24,21 @@ import numpy as np
 from flax import nnx
 from PIL import Image, ImageDraw, ImageOps
 
+from stvit_jax import cli
+
 FAMILIES = ('stvit_deit_', 'stvit_r_swin_', 'stvit_swin_')
 
 
 def load_image(path, size):
   """Any image file -> (size, size, 3) uint8: EXIF-rotated, RGB, short side
   resized to `size` (bicubic), centre-cropped."""
-  with Image.open(path) as img:
-    img = ImageOps.exif_transpose(img).convert('RGB')
+  try:
+    with Image.open(path) as img:
+      img = ImageOps.exif_transpose(img).convert('RGB')
+  except FileNotFoundError:
+    raise FileNotFoundError(f'--image {path}: no such file') from None
+  except (OSError, SyntaxError) as e:  # PIL.UnidentifiedImageError is an OSError
+    raise ValueError(f'--image {path}: not an image Pillow can read ({e})') from None
   scale = size / min(img.size)
   w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
   img = img.resize((w, h), Image.BICUBIC)
@@ -206,8 +213,7 @@ def build(name, init_from=None, seed=0, **overrides):
 
 def main(argv=None):
   from stvit_jax.benchmark import parse_options
-  parser = argparse.ArgumentParser(prog='python -m stvit_jax.visualize', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m stvit_jax.visualize', description=__doc__)
   parser.add_argument('--model', default='stvit_deit_small')
   parser.add_argument('--image', required=True, help='any image file Pillow can read')
   parser.add_argument('--out', required=True, help='PNG to write')
@@ -245,4 +251,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

@@ -89,8 +89,10 @@ def load_weights(model, directory, *, replace_head=False, name=None, options=Non
   registry model `name` built with constructor `options`.
 
   Strict: raises ValueError naming every missing, unexpected and mis-shaped
-  weight. With `replace_head=True`, `head` / `head_dist` weights whose shapes
-  differ (another class count) keep the model's fresh initialisation.
+  weight, or, when `name` differs from the model the weights were converted for
+  (provenance.json), both models. With `replace_head=True`, `head` / `head_dist`
+  weights whose shapes differ (another class count) keep the model's fresh
+  initialisation.
   """
   from stvit_jax import pretrained  # here: it imports the registry, which imports models
   directory = pretrained.resolve(directory, model=name, options=options)
@@ -109,6 +111,15 @@ def load_weights(model, directory, *, replace_head=False, name=None, options=Non
   kept = [k for k in misshaped if replace_head and _is_head(k)]
   misshaped = [k for k in misshaped if k not in kept]
   if missing or unexpected or misshaped:
+    source = (read_provenance(directory).get('model')
+              if (directory / PROVENANCE).exists() else None)
+    if name and source and source != name:
+      raise ValueError(
+          f'{directory} does not fit {type(model).__name__}: it holds weights of {source} (its '
+          f'provenance.json), not of {name}: '
+          f'{len(missing)} missing, {len(unexpected)} unexpected and {len(misshaped)} '
+          f'mis-shaped weights. Convert {name} weights (python -m stvit_jax.convert '
+          f'--model {name}) or train {source} (config.model.name)')
     lines = [f'{directory} does not fit {type(model).__name__}:']
     lines += [f'  missing from the checkpoint: {k} {tuple(current[k].shape)}' for k in missing]
     lines += [f'  unexpected in the checkpoint: {k} {stored[k]}' for k in unexpected]

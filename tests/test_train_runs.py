@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from stvit_jax import checkpoint
+from stvit_jax import checkpoint, cli
 
 pytestmark = pytest.mark.slow  # every test runs `python -m stvit_jax.main` in subprocesses
 
@@ -41,10 +41,10 @@ def start(workdir, data_dir, *extra, devices=1):
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def finish(proc, workdir, timeout=600):
+def finish(proc, workdir, timeout=600, expect=0):
   rc = proc.wait(timeout=timeout)
   log = open(str(workdir) + '.log').read()
-  assert rc == 0, log[-3000:]
+  assert rc == expect, log[-3000:]
   return log
 
 
@@ -125,7 +125,7 @@ def test_sigkill_then_restart_is_bitwise_equal_to_uninterrupted(reference, data_
   assert train_losses(reference)[STEPS] == train_losses(workdir)[STEPS]
 
 
-def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
+def test_sigterm_saves_and_exits_preempted(data_dir, tmp_path):
   workdir = str(tmp_path / 'terminated')
   proc = start(workdir, data_dir, '--config.total_steps=100000',
                '--config.checkpoint_every_steps=1000', '--config.eval_every_steps=100000')
@@ -133,7 +133,8 @@ def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
   while last_logged_step(workdir) < 3 and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
-  log = finish(proc, workdir, timeout=120)
+  # A preempted run is not a finished one: exit 75 (cli.PREEMPTED) tells launch scripts.
+  log = finish(proc, workdir, timeout=120, expect=cli.PREEMPTED)
   summary = json.load(open(os.path.join(workdir, 'summary.json')))
   assert summary['stopped_early'] and 3 <= summary['final_step'] < 1000
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(summary['final_step'])]

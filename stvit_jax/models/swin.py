@@ -193,6 +193,10 @@ class SwinTransformer(nnx.Module):
     return SwinStage(dim, depth, num_heads, grid, **kwargs)
 
   def __call__(self, images, *, train=False):
+    if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+      raise ValueError(f'{type(self).__name__} expects channels-last images (B, H, W, 3); got '
+                       f'{images.shape}, which looks channels-first (B, 3, H, W): transpose '
+                       'it with images.transpose(0, 2, 3, 1).')
     if images.ndim != 4 or images.shape[1:] != (self.img_size, self.img_size, 3):
       raise ValueError(f'{type(self).__name__} expects images (B, {self.img_size}, '
                        f'{self.img_size}, 3); got {images.shape}. Build it with img_size=... '

@@ -28,6 +28,10 @@ class PatchEmbed(nnx.Module):
 
 
 def check_image_size(images, img_size, model):
+  if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+    raise ValueError(
+        f'{model} expects channels-last images (B, H, W, 3); got {images.shape}, which looks '
+        'channels-first (B, 3, H, W): transpose it with images.transpose(0, 2, 3, 1).')
   if images.ndim != 4 or images.shape[1:] != (img_size, img_size, 3):
     raise ValueError(
         f'{model} expects images (B, {img_size}, {img_size}, 3); got {images.shape}. '
