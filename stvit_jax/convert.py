@@ -95,22 +95,22 @@ def detect_layout(state_dict):
     return 'microsoft'
   if any(re.match(r'layers\.\d+\.downsample\.', n) for n in state_dict):
     return 'timm'
-  if not any(n.startswith('layers.') for n in state_dict):
+  if looks_like_vit(state_dict):
     raise ConversionError(f'this is not a Swin checkpoint: it has no layers.N.* tensors '
                           f'({source_kind(state_dict)}); convert it with --model of that family')
   raise ConversionError("cannot tell the Swin layout: no 'layers.N.downsample' tensors; pass "
                         "--layout with one of 'microsoft', 'timm'")
 
 
+def looks_like_vit(state_dict):
+  return 'cls_token' in state_dict and any(n.startswith('blocks.') for n in state_dict)
+
+
 def source_kind(state_dict):
-  """What a state_dict looks like, from its names, for messages: 'a DeiT / ViT checkpoint'."""
-  names = set(state_dict)
-  if any(n.startswith('blocks.') for n in names) and 'cls_token' in names:
+  """What a state_dict looks like, from its names, for messages."""
+  if looks_like_vit(state_dict):
     return 'it looks like a DeiT / ViT checkpoint: cls_token, blocks.N.*'
-  if any(n.startswith('layers.') for n in names):
-    return 'it looks like a Swin checkpoint: layers.N.*'
-  shown = ', '.join(sorted(names)[:4])
-  return f'its first tensors are {shown}' if names else 'it holds no tensors'
+  return 'its first tensors are ' + ', '.join(sorted(state_dict)[:4])
 
 
 

@@ -147,7 +147,8 @@ def main(argv=None):
     try:
       # eval_shape: shapes only, so full-size models cost no memory or init time.
       # Built for --image_size (position tables, windows), as at training time.
-      options = models.options(name)
+      # (a registry without options(), like the tests' stand-in, builds with defaults)
+      options = getattr(models, 'options', lambda _: {})(name)
       kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
       if 'img_size' in options:
         kwargs['img_size'] = args.image_size

@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from stvit_jax import benchmark, cli, convert, flops, main, models, visualize, weights  # noqa: E402
+from stvit_jax.data import kinetics  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
 DEIT = os.path.join(FIXTURES, 'deit_tiny.npz')
@@ -135,6 +136,12 @@ CASES = [
     ('visualize_missing_weights', tool(visualize), ['--model', 'stvit_deit_tiny', '--image',
                                                     '{d}/not_an_image.jpg', '--out', '{out}',
                                                     '--init_from', '{d}/none'], 'no weights at'),
+    # data.kinetics (the conversion command)
+    ('kinetics_bad_name', tool(kinetics), ['--name', 'k999', '--manual_dir', '{d}',
+                                           '--data_dir', '{out}'], "invalid choice: 'k999'"),
+    ('kinetics_workers_0', tool(kinetics), ['--name', 'kinetics400', '--manual_dir', '{d}',
+                                            '--data_dir', '{out}', '--workers', '0'],
+     '--workers=0: expected an int >= 1'),
 ]
 
 

@@ -12,7 +12,6 @@ frame), `label` (class id = index of the label name in sorted order), `video_id`
 `fps`, `num_frames`. Missing and undecodable files are skipped and listed in
 `<data_dir>/kinetics400/1.0.0/conversion_report.json`.
 """
-import argparse
 import collections
 import csv
 import os
@@ -21,6 +20,7 @@ import sys
 from etils import epath
 import tensorflow_datasets as tfds
 
+from stvit_jax import cli
 from stvit_jax.data import video_convert
 
 HEADER = ('label', 'youtube_id', 'time_start', 'time_end', 'split')
@@ -216,9 +216,7 @@ def prepare(builder_cls, manual_dir, *, data_dir=None, workers=1, splits=None,
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      prog='python -m stvit_jax.data.kinetics', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m stvit_jax.data.kinetics', description=__doc__)
   parser.add_argument('--name', required=True, choices=sorted(BUILDERS))
   parser.add_argument('--manual_dir', required=True, help='the Kinetics download:\n' + LAYOUT)
   parser.add_argument('--data_dir', default=None,
@@ -251,4 +249,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)
