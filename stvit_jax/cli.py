@@ -182,6 +182,8 @@ def parse_flags(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   FLAGS = flags.FLAGS
   FLAGS.unparse_flags()  # in-process reuse (tests): forget the previous command's values
+  for name in [n for n in FLAGS if n.startswith('config.')]:  # and its --config.* overrides,
+    delattr(FLAGS, name)  # which ml_collections defines anew on each parse
   spec = ([a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')] or [None])[-1]
   if spec is not None:
     path = spec.partition(':')[0]
