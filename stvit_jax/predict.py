@@ -29,6 +29,8 @@ import sys
 
 import numpy as np
 
+from stvit_jax import cli
+
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 VIDEO_EXTS = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
 TF_FORMATS = (b'\xff\xd8\xff', b'\x89PNG', b'BM', b'GIF8')  # what tf.io.decode_image reads
@@ -165,8 +167,7 @@ def _override(text):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m stvit_jax.predict', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m stvit_jax.predict', description=__doc__)
   parser.add_argument('--model', required=True, help='registry name, e.g. stvit_r_swin_small')
   parser.add_argument('--image', required=True, nargs='+', metavar='PATH',
                       help='image files and/or folders of images')
@@ -211,4 +212,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

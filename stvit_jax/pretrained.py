@@ -24,7 +24,6 @@ conversion options, so a second call reads them without touching the network
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import http.client
 import importlib.util
@@ -37,6 +36,7 @@ import time
 import urllib.error
 import urllib.request
 
+from stvit_jax import cli
 from stvit_jax.models import catalogue
 
 log = logging.getLogger(__name__)
@@ -345,8 +345,7 @@ def _listing():
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m stvit_jax.pretrained', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m stvit_jax.pretrained', description=__doc__)
   parser.add_argument('--download', metavar='MODEL', nargs='+', default=[],
                       help='fetch and convert these models\' weights into the cache now')
   parser.add_argument('--source', help='with one --download model: this address instead of '
@@ -372,4 +371,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  cli.run(main)

@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from stvit_jax import benchmark, cli, convert, flops, main, models, visualize, weights  # noqa: E402
+from stvit_jax import predict, pretrained  # noqa: E402
 from stvit_jax.data import kinetics  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
@@ -136,6 +137,13 @@ CASES = [
     ('visualize_missing_weights', tool(visualize), ['--model', 'stvit_deit_tiny', '--image',
                                                     '{d}/not_an_image.jpg', '--out', '{out}',
                                                     '--init_from', '{d}/none'], 'no weights at'),
+    # predict and pretrained
+    ('predict_unknown_model', tool(predict), ['--model', 'nope', '--image', '{d}'],
+     "--model 'nope' is not valid; choose one of"),
+    ('predict_top_0', tool(predict), ['--model', 'deit_tiny', '--image', '{d}', '--top', '0'],
+     '--top 0 must be >= 1'),
+    ('pretrained_source_without_model', tool(pretrained), ['--source', 'hf://a/b/c.pth'],
+     '--source needs exactly one --download MODEL'),
     # data.kinetics (the conversion command)
     ('kinetics_bad_name', tool(kinetics), ['--name', 'k999', '--manual_dir', '{d}',
                                            '--data_dir', '{out}'], "invalid choice: 'k999'"),
