@@ -345,7 +345,10 @@ def load_state_dict(path, key=None):
   except Exception as e:  # pylint: disable=broad-except
     # torch's own advice (weights_only=False) would run arbitrary pickled code; a
     # released checkpoint never needs it. Name the file and the first line of the cause.
-    cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # torch's text around the reason is its advice; keep the lines that state the reason.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()
+             and 'weights_only' not in line and not line.endswith(':')]
+    cause = lines[0] if lines else type(e).__name__
     raise ValueError(f'--src {path}: not a readable PyTorch checkpoint ({type(e).__name__}: '
                      f'{cause[:200]}); expected a state_dict saved with torch.save') from None
   if key is None and isinstance(obj, dict):
