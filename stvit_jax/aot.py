@@ -28,7 +28,6 @@ import time
 
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from ml_collections import config_flags
@@ -168,15 +167,14 @@ def build_train_step(config, mesh):
   state, shardings = train.abstract_state(train.make_init_state(config, tx), mesh,
                                           config.sharding_rules)
   batch_sharding = sharding.batch_sharding(mesh)
-  size = config.model.img_size
   if train.input_kind(config) == 'video':  # clips of config.data.num_frames frames
-    inputs = {'video': (config.batch_size, config.data.num_frames, size, size, 3)}
-  else:
-    inputs = {'image': (config.batch_size, size, size, 3)}
-  batch = {**{k: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sharding)
-              for k, shape in inputs.items()},
-           'label': jax.ShapeDtypeStruct((config.batch_size,), jnp.int32,
-                                         sharding=batch_sharding)}
+    size = config.model.img_size
+    specs = {'video': ((config.batch_size, config.data.num_frames, size, size, 3), np.float32),
+             'label': ((config.batch_size,), np.int32)}
+  else:  # uint8 images, as the image pipeline ships them
+    specs = pipeline.batch_spec(config.data, config.batch_size)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+           for k, (shape, dtype) in specs.items()}
   step = train.jit_train_step(train.make_train_step(config, apply, tx, schedule, num_classes),
                               mesh, shardings)
   return step, state, batch

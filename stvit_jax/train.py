@@ -23,7 +23,7 @@ from absl import logging
 from flax import nnx
 
 from stvit_jax import checkpoint, evaluate, health, models, optim, paths, runconfig, sharding
-from stvit_jax.data import mixup, pipeline, video
+from stvit_jax.data import device_augment, mixup, pipeline, video
 from stvit_jax.metric_writer import MetricWriter
 
 Steps = collections.namedtuple(
@@ -109,12 +109,16 @@ def make_train_step(config, apply, tx, schedule, num_classes):
 
   def train_step(state, batch):
     step, params = state['step'], state['params']
-    mix_rng, drop_rng = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), step))
+    step_rng = jax.random.fold_in(jax.random.key(config.seed), step)
+    mix_rng, drop_rng = jax.random.split(step_rng)
+    images = evaluate.model_input(batch)
+    if 'image' in batch:  # uint8 pixels: normalised and erased here (data/device_augment.py)
+      images = device_augment.train_images(jax.random.fold_in(step_rng, 1), images,
+                                           config.data)
     if use_mixup:
-      images, targets = mixup.mixup_cutmix(mix_rng, batch['image'], batch['label'],
+      images, targets = mixup.mixup_cutmix(mix_rng, images, batch['label'],
                                            num_classes=num_classes, cfg=mix)
     else:
-      images = evaluate.model_input(batch)
       targets = mixup.soft_targets(batch['label'], num_classes, mix.label_smoothing)
     if accum == 1:
       (loss, batch_stats), grads = grad_fn(params, state['batch_stats'], images, targets, drop_rng)
@@ -258,7 +262,8 @@ def train_and_evaluate(config, workdir):
   train_step = jit_train_step(make_train_step(config, apply, tx, schedule, info.num_classes),
                               mesh, shardings)
   var_shardings = {'params': shardings['params'], 'batch_stats': shardings['batch_stats']}
-  eval_step = evaluate.make_eval_step(lambda v, im: apply(v, im, train=False)[0],
+  eval_step = evaluate.make_eval_step(
+      lambda v, im: apply(v, device_augment.eval_images(im, config.data), train=False)[0],
                                       num_classes=info.num_classes, mesh=mesh,
                                       variable_shardings=var_shardings)
 

@@ -50,6 +50,7 @@ def test_concurrent_first_use_builds_once(tmp_path, monkeypatch):
 def test_quickstart_pipeline(data_dir):
   cfg = defaults.data_config('stvit_digits')
   cfg.data_dir = data_dir
+  cfg.normalize_on = 'host'  # float32 batches from tf.data (uint8 ones: test_data_imagenet)
   info = pipeline.dataset_info(cfg)
   assert (info.num_classes, info.num_train, info.num_eval) == (10, 1437, 360)
   assert pipeline.steps_per_epoch(cfg, global_batch_size=64) == 1437 // 64

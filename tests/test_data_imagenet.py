@@ -1,11 +1,13 @@
 """The imagenet2012 input pipeline on the real TFDS builder under `tfds.testing.mock_data`
 (tests/imagenet_mock.py: small JPEGs of random sizes, label = index in the split)."""
 
+import jax
 import numpy as np
 import pytest
 
 import imagenet_mock
 from stvit_jax.data import defaults
+from stvit_jax.data import device_augment
 from stvit_jax.data import pipeline
 
 NUM = {'train': 37, 'validation': 23}
@@ -32,6 +34,7 @@ def test_dataset_info(mock_imagenet, cfg):
 
 
 def test_train_batches_shape_dtype_range(mock_imagenet, cfg):
+  cfg.normalize_on = 'host'  # float32 batches, normalised in tf.data
   cfg.reprob = 0.0  # without erasing noise the normalised range is exact
   batch = next(pipeline.train_iterator(cfg, global_batch_size=8, seed=0))
   assert batch['image'].shape == (8, SIZE, SIZE, 3) and batch['image'].dtype == np.float32
@@ -41,6 +44,26 @@ def test_train_batches_shape_dtype_range(mock_imagenet, cfg):
   assert np.all(batch['image'] >= lo - 1e-5) and np.all(batch['image'] <= hi + 1e-5)
   assert batch['image'].std() > 0.1
   assert len(set(batch['label'].tolist())) == 8 and batch['label'].max() < NUM['train']
+
+
+@pytest.mark.parametrize('split', ['train', 'eval'])
+def test_uint8_batches_normalised_on_device_equal_the_host_path(mock_imagenet, cfg, split):
+  cfg.reprob = 0.0  # erasing differs by design: tf.data's noise vs the step's
+  def first(c):
+    if split == 'train':
+      return next(pipeline.train_iterator(c, global_batch_size=8, seed=0))
+    return next(pipeline.eval_iterator(c, global_batch_size=8))
+  pixels = first(cfg)
+  assert pixels['image'].dtype == np.uint8 and pixels['image'].shape == (8, SIZE, SIZE, 3)
+  spec = pipeline.batch_spec(cfg, 8)
+  assert {k: (v.shape, v.dtype) for k, v in pixels.items() if k in spec} == spec
+  host = cfg.copy_and_resolve_references()
+  host.normalize_on = 'host'
+  floats = first(host)
+  assert pipeline.batch_spec(host, 8)['image'][1] == floats['image'].dtype == np.float32
+  np.testing.assert_array_equal(pixels['label'], floats['label'])
+  on_device = device_augment.eval_images(jax.numpy.asarray(pixels['image']), cfg)
+  np.testing.assert_allclose(on_device, floats['image'], rtol=0, atol=1e-5)
 
 
 def test_resume_gives_bitwise_identical_batches(mock_imagenet, cfg):

@@ -33,6 +33,9 @@ def data_config(name='imagenet2012'):
   c.reprob = 0.25               # random erasing probability (timm mode 'pixel', one box)
   c.mean = IMAGENET_MEAN
   c.std = IMAGENET_STD
+  # 'device': batches leave the host as uint8 and the jitted steps normalise and erase
+  # (data/device_augment.py); 'host': tf.data does both and ships float32 (4x the bytes).
+  c.normalize_on = 'device'
   c.shuffle_buffer = 10_000     # undecoded records per process
   c.cache = False               # keep this process's undecoded train records in memory
   # 'process': each process reads its own even share (pods, big datasets); 'global':

@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 from stvit_jax.data import augment
 from stvit_jax.data import defaults
+from stvit_jax.data import device_augment
 from stvit_jax.data import digits
 from stvit_jax.data import preprocess
 
@@ -67,6 +68,8 @@ def _check_config(cfg):
       raise bad(field, 'three per-channel values in [0, 1] units')
   if cfg.shuffle_buffer < 1:
     raise bad('shuffle_buffer', 'an int >= 1')
+  if device_augment.normalize_on(cfg) not in device_augment.NORMALIZE_ON:
+    raise bad('normalize_on', f'one of {device_augment.NORMALIZE_ON}')
   if _shard_by(cfg) not in SHARD_BY:
     raise bad('shard_by', f'one of {SHARD_BY}')
   if cfg.randaugment:
@@ -243,10 +246,20 @@ def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0
   return ds.prefetch(cfg.prefetch).with_options(_options())
 
 
+def batch_spec(cfg, batch_size):
+  """{'image': ((b, H, W, 3), dtype), 'label': ((b,), int32)}: what the train iterator yields
+  (uint8 images unless data.normalize_on='host'); the eval iterator adds 'mask' float32."""
+  size = cfg.image_size
+  return {'image': ((batch_size, size, size, 3), np.dtype(device_augment.image_dtype(cfg))),
+          'label': ((batch_size,), np.dtype(np.int32))}
+
+
 def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=None,
                    process_count=None, builder=None, prep=None):
-  """Infinite iterator of dict(image float32 (b, H, W, 3), label int32 (b,)) from start_step.
+  """Infinite iterator of dict(image (b, H, W, 3), label int32 (b,)) from start_step.
 
+  Images are uint8 (data.normalize_on='device', the default: the train step
+  normalises and erases) or float32 normalised (normalize_on='host').
   builder, prep: another dataset kind's checked builder and per-example transform
   (data/video.py); the sharding, shuffling and resume logic stays this one.
   """
@@ -285,6 +298,8 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
 def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=None):
   """Finite iterator of dict(image, label, mask float32 (b,)); padding rows have mask 0.
 
+  Images as in `train_iterator` (uint8 unless data.normalize_on='host').
+
   Every example of cfg.eval_split appears exactly once over all processes, and
   all processes yield the same number of batches.
   """
@@ -302,7 +317,8 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
       lambda ex: {'image': transform(ex['image']), 'label': tf.cast(ex['label'], tf.int32),
                   'mask': tf.constant(1.0)},
       num_parallel_calls=tf.data.AUTOTUNE)
-  pad = tf.data.Dataset.from_tensors({'image': tf.zeros([size, size, 3]),
+  dtype = tf.as_dtype(device_augment.image_dtype(cfg))
+  pad = tf.data.Dataset.from_tensors({'image': tf.zeros([size, size, 3], dtype),
                                       'label': tf.constant(0, tf.int32),
                                       'mask': tf.constant(0.0)})
   ds = ds.concatenate(pad.repeat(num_batches * b - counts[p]))

@@ -1,16 +1,19 @@
 """Per-example train / eval transforms in TF, following timm's `create_transform`.
 
 train: inception crop (RandomResizedCrop) -> resize -> hflip -> RandAugment ->
-       colour jitter (only without RandAugment, as in timm) -> normalise -> random erasing
-eval:  resize shorter side to floor(size / crop_pct) -> centre crop -> normalise
-Images are quantised to uint8 after resizing, as PIL does. All randomness is
-stateless, drawn from the per-example `seed` (int64 (2,)).
+       colour jitter (only without RandAugment, as in timm) [-> normalise -> random erasing]
+eval:  resize shorter side to floor(size / crop_pct) -> centre crop [-> normalise]
+Images are quantised to uint8 after resizing, as PIL does. The bracketed steps
+run here only with data.normalize_on='host'; by default the transforms return
+uint8 and the jitted steps normalise and erase on device (device_augment.py).
+All randomness is stateless, drawn from the per-example `seed` (int64 (2,)).
 """
 import math
 
 import tensorflow as tf
 
 from stvit_jax.data import augment
+from stvit_jax.data import device_augment
 
 INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'area')
 
@@ -118,12 +121,22 @@ def _normalize(image, cfg):
   return (image - mean) / std
 
 
+def _on_host(cfg):
+  return device_augment.normalize_on(cfg) == 'host'
+
+
+def _to_uint8(image):
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
 def train_transform(cfg, is_jpeg):
-  """Returns fn(image_bytes, seed) -> float32 (size, size, 3), normalised."""
+  """Returns fn(image_bytes, seed) -> (size, size, 3): uint8, or float32 normalised and
+  erased with data.normalize_on='host'."""
   size = cfg.image_size
   policy = augment.parse_policy(cfg.randaugment) if cfg.randaugment else None
   hp = augment.Hparams(fill=tuple(min(255, round(255 * m)) for m in cfg.mean))
   jitter = cfg.color_jitter > 0 and (policy is None or cfg.force_color_jitter)
+  on_host = _on_host(cfg)
 
   def fn(image_bytes, seed):
     s = tf.random.experimental.stateless_split(seed, 5)
@@ -135,6 +148,8 @@ def train_transform(cfg, is_jpeg):
       image = tf.cast(augment.rand_augment(tf.cast(image, tf.uint8), s[2], policy, hp), tf.float32)
     if jitter:
       image = color_jitter(image, s[3], cfg.color_jitter)
+    if not on_host:  # PIL images stay uint8 through colour jitter too
+      return tf.ensure_shape(_to_uint8(image), [size, size, 3])
     image = _normalize(image, cfg)
     if cfg.reprob > 0:
       image = random_erasing(image, s[4], cfg.reprob)
@@ -144,9 +159,11 @@ def train_transform(cfg, is_jpeg):
 
 
 def eval_transform(cfg, is_jpeg):
-  """Returns fn(image_bytes) -> float32 (size, size, 3): resize shorter side, centre crop."""
+  """Returns fn(image_bytes) -> (size, size, 3): resize shorter side, centre crop; uint8,
+  or float32 normalised with data.normalize_on='host'."""
   size = cfg.image_size
   scale_size = math.floor(size / cfg.crop_pct)
+  on_host = _on_host(cfg)
 
   def fn(image_bytes):
     if is_jpeg:
@@ -161,6 +178,7 @@ def eval_transform(cfg, is_jpeg):
     image = _resize(image, tf.stack([nh, nw]), cfg.interpolation)
     top, left = (nh - size) // 2, (nw - size) // 2
     image = image[top:top + size, left:left + size]
-    return tf.ensure_shape(_normalize(image, cfg), [size, size, 3])
+    image = _normalize(image, cfg) if on_host else tf.cast(image, tf.uint8)  # already rounded
+    return tf.ensure_shape(image, [size, size, 3])
 
   return fn

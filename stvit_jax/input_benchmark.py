@@ -1,0 +1,185 @@
+"""Input pipeline benchmark: the real train and eval pipelines on ImageNet-like JPEGs.
+
+    python -m stvit_jax.benchmark --input --config=configs/deit_s.py [--topology=v5e:4x4]
+    python -m stvit_jax.input_benchmark --config=configs/deit_s.py      # the same
+
+Generates an ImageNet-like `imagenet2012` (stvit_jax/data/imagenet_like.py:
+ImageNet's image sizes, file sizes and JPEG qualities) once in --data_dir,
+then times `pipeline.train_iterator` (the config's recipe, and the recipe
+without RandAugment / random erasing) and `pipeline.eval_iterator` in
+alternating rounds. Each round builds a fresh iterator, discards its first
+batches (pipeline start-up, shuffle-buffer fill) and times the next ones.
+
+Two rates per row:
+  img/s        wall clock: what this machine delivered while it ran (shared
+               machines: other jobs take cores, so this is noisy);
+  img/CPU-s    images per CPU-second this process used (all its threads): the
+               per-core rate, robust to other load on the machine.
+  img/s/core   img/s divided by the cores the process could use.
+With --topology, the rate a host of that TPU slice must deliver for the
+config's model at --mfu of the chips' bfloat16 peak, from the training FLOPs
+per image of the AOT compile (docs/tpu_compile_proofs.txt) or --flops_per_image.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def _cores():
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def prepare(data_dir, *, num_jpegs, num_train, num_eval, seed=0, log=print):
+  """An ImageNet-like imagenet2012 in data_dir, generated once (a stamp names the sizes)."""
+  from stvit_jax.data import imagenet_like  # pylint: disable=g-import-not-at-top
+  stamp = os.path.join(data_dir, f'imagenet_like-{num_jpegs}-{num_train}-{num_eval}-{seed}')
+  if os.path.exists(stamp):
+    with open(stamp) as f:
+      log(f.read().strip() + f'  (reused {data_dir})')
+    return data_dir
+  start = time.perf_counter()
+  cache = os.path.join(data_dir, f'imagenet_like-{num_jpegs}-{seed}.npz')  # the slow part
+  if os.path.exists(cache):
+    with np.load(cache) as f:
+      data, ends = f['data'], f['ends']
+    jpegs = [data[a:b].tobytes() for a, b in zip(np.r_[0, ends[:-1]], ends)]
+  else:
+    jpegs = imagenet_like.make_jpegs(num_jpegs, seed)
+    os.makedirs(data_dir, exist_ok=True)
+    np.savez(cache, data=np.frombuffer(b''.join(jpegs), np.uint8),
+             ends=np.cumsum([len(j) for j in jpegs]))
+  imagenet_like.write_imagenet2012(data_dir, jpegs, num_train=num_train, num_eval=num_eval)
+  text = imagenet_like.describe(jpegs)
+  with open(stamp, 'w') as f:
+    f.write(text + '\n')
+  log(f'{text}; generated in {time.perf_counter() - start:.0f}s')
+  return data_dir
+
+
+def time_iterator(make, *, warmup, batches, batch_size):
+  """(wall s, process CPU s) for `batches` batches after `warmup` from a fresh `make()`."""
+  it = make()
+  for _ in range(warmup):
+    next(it)
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in range(batches):
+    next(it)
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  del it
+  return batches * batch_size / wall, batches * batch_size / cpu
+
+
+def variants(data_cfg):
+  """[(name, data config)]: the config's recipe and the recipe without costly parts."""
+  out = [('train: ' + describe_recipe(data_cfg), data_cfg)]
+  if data_cfg.randaugment:
+    c = data_cfg.copy_and_resolve_references()
+    c.randaugment = ''
+    out.append(('train: without RandAugment', c))
+    if c.reprob > 0:
+      c = c.copy_and_resolve_references()
+      c.reprob = 0.0
+      out.append(('train: without RandAugment and erasing', c))
+  return out
+
+
+def describe_recipe(c):
+  parts = [f'RandAugment {c.randaugment}' if c.randaugment else None,
+           f'erasing {c.reprob}' if c.reprob else None]
+  return 'recipe (' + ', '.join(p for p in parts if p) + ')' if any(parts) else 'recipe'
+
+
+def run(data_cfg, *, batch_size, rounds, warmup, batches, log=print):
+  """Rows {name, img_s (median), img_cpu_s (median), rounds} for every variant and eval."""
+  from stvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  cases = []
+  for name, cfg in variants(data_cfg):
+    steps = pipeline.steps_per_epoch(cfg, global_batch_size=batch_size)
+    if steps < warmup + batches:
+      raise ValueError(f'{cfg.train_split} gives {steps} steps per epoch; '
+                       f'--warmup + --batches needs {warmup + batches}')
+
+    def make(r, cfg=cfg, steps=steps):  # round r reads epoch r: fresh order and augmentation
+      return lambda: pipeline.train_iterator(cfg, global_batch_size=batch_size, seed=0,
+                                             start_step=r * steps, process_index=0,
+                                             process_count=1)
+    cases.append((name, make))
+  cases.append(('eval', lambda r: lambda: pipeline.eval_iterator(
+      data_cfg, global_batch_size=batch_size, process_index=0, process_count=1)))
+  results = {name: [] for name, _ in cases}
+  for r in range(rounds):
+    for name, make in (cases if r % 2 == 0 else cases[::-1]):
+      results[name].append(time_iterator(make(r), warmup=warmup, batches=batches,
+                                         batch_size=batch_size))
+    log(f'round {r + 1}/{rounds}: ' + ', '.join(
+        f'{n} {v[-1][0]:.0f}/s {v[-1][1]:.0f}/CPU-s' for n, v in results.items()))
+  return [dict(name=name, img_s=statistics.median(w for w, _ in v),
+               img_cpu_s=statistics.median(c for _, c in v), rounds=v)
+          for name, v in results.items()]
+
+
+def format_rows(rows, cores):
+  lines = [f'{"pipeline":<58} {"img/s":>8} {"img/s/core":>10} {"img/CPU-s":>10}']
+  for row in rows:
+    lines.append(f'{row["name"]:<58} {row["img_s"]:8.0f} {row["img_s"] / cores:10.0f} '
+                 f'{row["img_cpu_s"]:10.0f}')
+  return '\n'.join(lines)
+
+
+def load_config(spec):
+  """'configs/deit_s.py:baseline' -> the ConfigDict its get_config returns."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise SystemExit(f'--config={spec!r}: no config file at {path!r}')
+  # config files import `configs.common` from the checkout that holds this package
+  sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  loader = importlib.util.spec_from_file_location('_input_benchmark_config', path)
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m stvit_jax.input_benchmark',
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', default='configs/deit_s.py',
+                      help='config file[:variants]; its data recipe is timed')
+  parser.add_argument('--data_dir', default='/tmp/stvit_imagenet_like',
+                      help='where the ImageNet-like set is generated (reused when present)')
+  parser.add_argument('--batch', type=int, default=128, help='per-process batch size')
+  parser.add_argument('--jpegs', type=int, default=512, help='distinct generated JPEGs')
+  parser.add_argument('--num_train', type=int, default=2048)
+  parser.add_argument('--num_eval', type=int, default=1536)
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--warmup', type=int, default=2, help='untimed batches per round')
+  parser.add_argument('--batches', type=int, default=8, help='timed batches per round')
+  args = parser.parse_args(argv)
+  config = load_config(args.config)
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  cfg = config.data
+  cfg.name, cfg.data_dir = 'imagenet2012', prepare(
+      args.data_dir, num_jpegs=args.jpegs, num_train=args.num_train, num_eval=args.num_eval,
+      log=log)
+  cfg.train_split, cfg.eval_split = 'train', 'validation'
+  rows = run(cfg, batch_size=args.batch, rounds=args.rounds, warmup=args.warmup,
+             batches=args.batches, log=log)
+  cores = _cores()
+  print(f'# {args.config}: batch {args.batch}, {cfg.image_size}px, {args.rounds} alternating '
+        f'rounds of {args.batches} batches (medians); {cores} cores usable')
+  print(format_rows(rows, cores))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,115 @@
+"""On-device normalisation and random erasing (data/device_augment.py), against the
+host pipeline's normalisation and timm's `RandomErasing(mode='pixel')` statistics."""
+import random
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+from stvit_jax.data import defaults
+from stvit_jax.data import device_augment
+from stvit_jax.data import preprocess
+
+H, W = 24, 40  # not square: a box that fits one side may not fit the other
+
+
+def test_normalize_matches_the_host_pipeline():
+  cfg = defaults.data_config()
+  x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+  host = preprocess._normalize(tf.constant(x, tf.float32), cfg).numpy()
+  device = np.asarray(jax.jit(device_augment.normalize, static_argnums=(1, 2))(
+      x, cfg.mean, cfg.std))
+  assert device.dtype == np.float32
+  np.testing.assert_allclose(device, host, rtol=0, atol=1e-6)
+
+
+def _boxes(erased):
+  """Per image: (erased?, h, w, top, left) of the nonzero region of an erased zero batch."""
+  out = []
+  for img in erased:
+    mask = np.any(img != 0, axis=-1)
+    if not mask.any():
+      out.append((0, 0, 0, -1, -1))
+      continue
+    rows, cols = np.where(mask)
+    top, left = rows.min(), cols.min()
+    h, w = rows.max() - top + 1, cols.max() - left + 1
+    assert mask[top:top + h, left:left + w].all() and mask.sum() == h * w  # one rectangle
+    out.append((1, h, w, top, left))
+  return np.array(out)
+
+
+def _timm_boxes(n, prob, seed=0):
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))
+  import torchvision_stub  # timm imports torchvision; its transforms are not used here
+  torchvision_stub.install()
+  torch = pytest.importorskip('torch')
+  timm_re = pytest.importorskip('timm.data.random_erasing')
+  random.seed(seed)
+  torch.manual_seed(seed)
+  eraser = timm_re.RandomErasing(prob, mode='pixel', max_count=1, device='cpu')
+  x = torch.zeros(n, 3, H, W)
+  eraser(x)
+  return _boxes(x.numpy().transpose(0, 2, 3, 1)), x.numpy()
+
+
+def test_random_erasing_has_timms_distribution():
+  n, prob = 6000, 0.6
+  ours_x = np.asarray(jax.jit(device_augment.random_erasing, static_argnums=2)(
+      jax.random.key(0), jnp.zeros((n, H, W, 3)), prob))
+  ours = _boxes(ours_x)
+  timm, timm_x = _timm_boxes(n, prob)
+  # how often a box is drawn (prob x the chance that one of 10 tries fits)
+  assert abs(ours[:, 0].mean() - timm[:, 0].mean()) < 0.03
+  assert abs(ours[:, 0].mean() - prob) < 0.03
+  a, b = ours[ours[:, 0] == 1], timm[timm[:, 0] == 1]
+  for col, name in enumerate(('h', 'w', 'top', 'left'), start=1):
+    result = stats.ks_2samp(a[:, col], b[:, col])
+    assert result.pvalue > 1e-3, (name, result, a[:, col].mean(), b[:, col].mean())
+  area = stats.ks_2samp(a[:, 1] * a[:, 2], b[:, 1] * b[:, 2])
+  assert area.pvalue > 1e-3, area
+  assert a[:, 3].min() == 0 and (a[:, 3] + a[:, 1]).max() <= H   # boxes stay inside
+  assert a[:, 4].min() == 0 and (a[:, 4] + a[:, 2]).max() <= W
+  # pixel mode: independent N(0, 1) per pixel and channel inside the box
+  values = ours_x[ours_x != 0]
+  assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
+  assert abs(timm_x[timm_x != 0].std() - values.std()) < 0.02
+
+
+def test_random_erasing_is_a_function_of_the_key():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(8, H, W, 3)), jnp.float32)
+  a = device_augment.random_erasing(jax.random.key(1), x, 1.0)
+  np.testing.assert_array_equal(a, device_augment.random_erasing(jax.random.key(1), x, 1.0))
+  assert not np.array_equal(a, device_augment.random_erasing(jax.random.key(2), x, 1.0))
+  np.testing.assert_array_equal(device_augment.random_erasing(jax.random.key(1), x, 0.0), x)
+  changed = np.any(np.asarray(a) != np.asarray(x), axis=(1, 2, 3))
+  assert changed.sum() >= 7  # prob 1: every image with a fitting try
+
+
+def test_train_and_eval_images_follow_normalize_on():
+  cfg = defaults.data_config()
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, H, W, 3)), jnp.uint8)
+  key = jax.random.key(0)
+  erased = device_augment.train_images(key, images, cfg)
+  normalised = device_augment.eval_images(images, cfg)
+  assert erased.dtype == normalised.dtype == jnp.float32
+  np.testing.assert_array_equal(
+      erased, device_augment.random_erasing(key, normalised, cfg.reprob))
+  assert device_augment.image_dtype(cfg) == jnp.uint8
+  floats = normalised + 0.5  # a float batch counts as normalised: only erased
+  np.testing.assert_array_equal(device_augment.eval_images(floats, cfg), floats)
+  np.testing.assert_array_equal(device_augment.train_images(key, floats, cfg),
+                                device_augment.random_erasing(key, floats, cfg.reprob))
+  cfg.normalize_on = 'host'  # the tf.data pipeline already did both: pass through
+  floats = images.astype(jnp.float32)
+  assert device_augment.train_images(key, floats, cfg) is floats
+  assert device_augment.eval_images(floats, cfg) is floats
+  assert device_augment.image_dtype(cfg) == jnp.float32
+  old = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != 'normalize_on'})
+  assert device_augment.normalize_on(old) == 'device'
