@@ -24,6 +24,9 @@ changes) hits every model and the peak alike. Rows per case:
              table where the backend reports one (GPU, TPU)
 
 Works on whatever `jax.devices()[0]` is (CPU, GPU, TPU); one device.
+
+`--input` times the input pipeline instead (stvit_jax/input_benchmark.py):
+    python -m stvit_jax.benchmark --input --config=configs/deit_s.py [--topology=v5e:4x4]
 """
 from __future__ import annotations
 
@@ -242,6 +245,10 @@ def _ints(text):
 
 
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if '--input' in argv:
+    from stvit_jax import input_benchmark  # pylint: disable=g-import-not-at-top
+    return input_benchmark.main([a for a in argv if a != '--input'])
   parser = cli.ArgumentParser(prog='python -m stvit_jax.benchmark', description=__doc__)
   parser.add_argument('--models', default='deit_small,stvit_deit_small',
                       help='comma-separated registered names; the first is the baseline')

@@ -2,6 +2,7 @@
 
     python -m stvit_jax.benchmark --input --config=configs/deit_s.py [--topology=v5e:4x4]
     python -m stvit_jax.input_benchmark --config=configs/deit_s.py      # the same
+    python -m stvit_jax.benchmark --input --profile ...   # + per-op CPU cost (input_profile.py)
 
 Generates an ImageNet-like `imagenet2012` (stvit_jax/data/imagenet_like.py:
 ImageNet's image sizes, file sizes and JPEG qualities) once in --data_dir,
@@ -31,11 +32,66 @@ import time
 import numpy as np
 
 
+# Training FLOPs per image (forward + backward + update, bfloat16, global batch 1024) from
+# the AOT compiles in docs/tpu_compile_proofs.txt (XLA cost_analysis on v5e:4x4 / v4:2x2x4).
+AOT_FLOPS_PER_IMAGE = {'stvit_deit_small': 11.6e9, 'deit_small': 28.1e9,
+                       'stvit_r_swin_small': 35.9e9}
+# bfloat16 peak per chip (Cloud TPU datasheets) and the host VM that serves 4 chips in a
+# multi-host slice (v4: ct4p-hightpu-4t, v5e: ct5lp-hightpu-4t, v5p: ct5p-hightpu-4t,
+# v6e: ct6e-standard-4t). A single-host v5e-8 (ct5lp-hightpu-8t) has 8 chips, 224 vCPUs.
+CHIP_PEAK_TFLOPS = {'v4': 275, 'v5e': 197, 'v5p': 459, 'v6e': 918}
+HOST = {'v4': (4, 240), 'v5e': (4, 112), 'v5p': (4, 208), 'v6e': (4, 180)}  # chips, vCPUs
+SINGLE_HOST = {'v5e': (8, 224), 'v6e': (8, 180)}  # slices of 8 chips: one VM
+
+
+def host_requirement(topology, flops_per_image, mfu):
+  """{chips, hosts, chips_per_host, vcpus, img_s_chip, img_s_host, img_s_vcpu} for a slice."""
+  from stvit_jax import aot  # pylint: disable=g-import-not-at-top
+  top = aot.parse_topology(topology)
+  generation = topology.split(':')[0]
+  chips_per_host, vcpus = HOST[generation]
+  if top.num_chips == 8 and generation in SINGLE_HOST:
+    chips_per_host, vcpus = SINGLE_HOST[generation]
+  chips_per_host = min(chips_per_host, top.num_chips)
+  per_chip = mfu * CHIP_PEAK_TFLOPS[generation] * 1e12 / flops_per_image
+  per_host = per_chip * chips_per_host
+  return dict(topology=top.name, accelerator=top.accelerator_type, chips=top.num_chips,
+              hosts=max(1, top.num_chips // chips_per_host), chips_per_host=chips_per_host,
+              vcpus=vcpus, img_s_chip=per_chip, img_s_host=per_host, img_s_vcpu=per_host / vcpus)
+
+
+def format_requirement(req, *, model, flops_per_image, source, mfu, measured):
+  lines = [f'# {req["topology"]} = {req["accelerator"]}: {req["chips"]} chips, {req["hosts"]} '
+           f'host(s) of {req["chips_per_host"]} chips and {req["vcpus"]} vCPUs',
+           f'# {model}: {flops_per_image / 1e9:.1f} GFLOP per trained image ({source}); at '
+           f'{mfu:.0%} MFU of {CHIP_PEAK_TFLOPS[req["topology"].split(":")[0]]} TFLOP/s bf16:',
+           f'needed   {req["img_s_chip"]:9.0f} img/s per chip  {req["img_s_host"]:9.0f} per host  '
+           f'{req["img_s_vcpu"]:6.0f} per vCPU']
+  for name, rate in measured:
+    cores = req['img_s_host'] / rate
+    lines.append(f'{name}: {rate:.0f} img/CPU-s here -> {cores:.0f} of the host\'s '
+                 f'{req["vcpus"]} vCPUs ({cores / req["vcpus"]:.0%})')
+  return '\n'.join(lines)
+
+
 def _cores():
   try:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
     return os.cpu_count() or 1
+
+
+def _cache(data_dir, num_jpegs, seed):
+  return os.path.join(data_dir, f'imagenet_like-{num_jpegs}-{seed}.npz')  # generating is slow
+
+
+def load_jpegs(data_dir, num_jpegs, seed=0):
+  """The generated JPEGs (bytes) cached in data_dir, or None."""
+  if not os.path.exists(_cache(data_dir, num_jpegs, seed)):
+    return None
+  with np.load(_cache(data_dir, num_jpegs, seed)) as f:
+    data, ends = f['data'], f['ends']
+  return [data[a:b].tobytes() for a, b in zip(np.r_[0, ends[:-1]], ends)]
 
 
 def prepare(data_dir, *, num_jpegs, num_train, num_eval, seed=0, log=print):
@@ -47,15 +103,11 @@ def prepare(data_dir, *, num_jpegs, num_train, num_eval, seed=0, log=print):
       log(f.read().strip() + f'  (reused {data_dir})')
     return data_dir
   start = time.perf_counter()
-  cache = os.path.join(data_dir, f'imagenet_like-{num_jpegs}-{seed}.npz')  # the slow part
-  if os.path.exists(cache):
-    with np.load(cache) as f:
-      data, ends = f['data'], f['ends']
-    jpegs = [data[a:b].tobytes() for a, b in zip(np.r_[0, ends[:-1]], ends)]
-  else:
+  jpegs = load_jpegs(data_dir, num_jpegs, seed)
+  if jpegs is None:
     jpegs = imagenet_like.make_jpegs(num_jpegs, seed)
     os.makedirs(data_dir, exist_ok=True)
-    np.savez(cache, data=np.frombuffer(b''.join(jpegs), np.uint8),
+    np.savez(_cache(data_dir, num_jpegs, seed), data=np.frombuffer(b''.join(jpegs), np.uint8),
              ends=np.cumsum([len(j) for j in jpegs]))
   imagenet_like.write_imagenet2012(data_dir, jpegs, num_train=num_train, num_eval=num_eval)
   text = imagenet_like.describe(jpegs)
@@ -140,7 +192,8 @@ def load_config(spec):
   import importlib.util  # pylint: disable=g-import-not-at-top
   path, _, arg = spec.partition(':')
   if not os.path.isfile(path):
-    raise SystemExit(f'--config={spec!r}: no config file at {path!r}')
+    from stvit_jax import cli  # pylint: disable=g-import-not-at-top
+    raise cli.UserError(f'--config={spec!r}: no config file at {path!r}')
   # config files import `configs.common` from the checkout that holds this package
   sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   loader = importlib.util.spec_from_file_location('_input_benchmark_config', path)
@@ -150,9 +203,8 @@ def load_config(spec):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m stvit_jax.input_benchmark',
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  from stvit_jax import cli  # pylint: disable=g-import-not-at-top
+  parser = cli.ArgumentParser(prog='python -m stvit_jax.input_benchmark', description=__doc__)
   parser.add_argument('--config', default='configs/deit_s.py',
                       help='config file[:variants]; its data recipe is timed')
   parser.add_argument('--data_dir', default='/tmp/stvit_imagenet_like',
@@ -164,8 +216,37 @@ def main(argv=None):
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--warmup', type=int, default=2, help='untimed batches per round')
   parser.add_argument('--batches', type=int, default=8, help='timed batches per round')
+  parser.add_argument('--profile', action='store_true',
+                      help='also print the per-op CPU cost of the transforms')
+  parser.add_argument('--topology', action='append', default=[],
+                      help="TPU slice(s) as in stvit_jax.aot, e.g. v5e:4x4, v4:2x2x4: the rate "
+                           'a host needs for the config model (repeatable)')
+  parser.add_argument('--mfu', type=float, default=0.4, help='model FLOPs utilisation assumed')
+  parser.add_argument('--flops_per_image', type=float, default=None,
+                      help='training FLOPs per image (default: the AOT figure of the model)')
+  parser.add_argument('--skip_timing', action='store_true',
+                      help='print only the --topology requirements')
   args = parser.parse_args(argv)
   config = load_config(args.config)
+  model = config.model.name
+  flops, source = args.flops_per_image, '--flops_per_image'
+  if args.topology and flops is None:
+    if model not in AOT_FLOPS_PER_IMAGE:
+      parser.error(f'no AOT FLOPs figure for {model!r} (known: {sorted(AOT_FLOPS_PER_IMAGE)}); '
+                   'run `python -m stvit_jax.aot` for it and pass --flops_per_image')
+    flops, source = AOT_FLOPS_PER_IMAGE[model], 'AOT compile, docs/tpu_compile_proofs.txt'
+  try:
+    for t in args.topology:
+      host_requirement(t, flops, args.mfu)
+  except (ValueError, KeyError) as e:
+    parser.error(str(e))
+  if not 0 < args.mfu <= 1:
+    parser.error('--mfu must be in (0, 1]')
+  if args.skip_timing:
+    for t in args.topology:
+      print(format_requirement(host_requirement(t, flops, args.mfu), model=model,
+                               flops_per_image=flops, source=source, mfu=args.mfu, measured=[]))
+    return 0
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
   cfg = config.data
   cfg.name, cfg.data_dir = 'imagenet2012', prepare(
@@ -178,8 +259,19 @@ def main(argv=None):
   print(f'# {args.config}: batch {args.batch}, {cfg.image_size}px, {args.rounds} alternating '
         f'rounds of {args.batches} batches (medians); {cores} cores usable')
   print(format_rows(rows, cores))
+  measured = [(rows[0]['name'], rows[0]['img_cpu_s'])]
+  for t in args.topology:
+    print(format_requirement(host_requirement(t, flops, args.mfu), model=model,
+                             flops_per_image=flops, source=source, mfu=args.mfu,
+                             measured=measured))
+  if args.profile:
+    from stvit_jax import input_profile  # pylint: disable=g-import-not-at-top
+    print('# per-op CPU cost (process CPU time per image, one map thread; medians)')
+    print(input_profile.format_profile(input_profile.profile(cfg, load_jpegs(
+        args.data_dir, args.jpegs)[:256], batch=args.batch)))
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from stvit_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

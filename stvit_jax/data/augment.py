@@ -186,13 +186,12 @@ def _brightness(image, f):
 
 def _sharpness(image, f):
   """PIL ImageFilter.SMOOTH ([[1,1,1],[1,5,1],[1,1,1]] / 13), border pixels unchanged."""
-  x = _f32(image)[None]
-  k = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-  k = tf.tile(k[:, :, None, None], [1, 1, 3, 1])
-  smooth = tf.round(tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], 'VALID'))[0]
-  mask = tf.pad(tf.ones_like(smooth), [[1, 1], [1, 1], [0, 0]])
-  smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
-  degenerate = mask * smooth + (1.0 - mask) * x[0]
+  # Sums of shifted slices: exact on integers, and ~4x cheaper on CPU than a depthwise conv.
+  x = _f32(image)
+  rows = x[:-2] + x[1:-1] + x[2:]                      # vertical 3-sums
+  box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]     # 3x3 sums
+  smooth = tf.round((box + 4.0 * x[1:-1, 1:-1]) / 13.0)
+  degenerate = tf.concat([x[:1], tf.concat([x[1:-1, :1], smooth, x[1:-1, -1:]], 1), x[-1:]], 0)
   return _blend(degenerate, image, f)
 
 

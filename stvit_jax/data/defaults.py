@@ -42,7 +42,11 @@ def data_config(name='imagenet2012'):
   # all read the whole shuffled split and keep their rows of each global batch, so the
   # batches do not depend on the process count (small datasets, tests).
   c.shard_by = 'process'
-  c.prefetch = 2                # batches
+  c.prefetch = 2                # batches ready ahead of the step; 0: autotuned
+  # tf.data threading (0: tf.data's default). Order is always deterministic (exact resume).
+  c.threadpool_size = 0         # private threads for this pipeline; 0: the shared pool (one per core)
+  c.intra_op_threads = 1        # threads one op may use: 1, as images already run in parallel
+  c.autotune_cpu_budget = 0     # cores the autotuner may plan for; 0: all
   if name == 'imagenet2012':
     return c
   if name != 'stvit_digits':

@@ -68,6 +68,9 @@ def _check_config(cfg):
       raise bad(field, 'three per-channel values in [0, 1] units')
   if cfg.shuffle_buffer < 1:
     raise bad('shuffle_buffer', 'an int >= 1')
+  for field in TF_DATA_FIELDS + ('prefetch',):
+    if field in cfg and (not isinstance(cfg[field], int) or cfg[field] < 0):
+      raise bad(field, 'an int >= 0 (0: the tf.data default)')
   if device_augment.normalize_on(cfg) not in device_augment.NORMALIZE_ON:
     raise bad('normalize_on', f'one of {device_augment.NORMALIZE_ON}')
   if _shard_by(cfg) not in SHARD_BY:
@@ -190,10 +193,20 @@ def steps_per_epoch(cfg, *, global_batch_size, process_count=None):
 # ---------------------------------------------------------------- datasets
 
 
-def _options():
+TF_DATA_FIELDS = ('threadpool_size', 'intra_op_threads', 'autotune_cpu_budget')
+
+
+def _options(cfg):
+  """tf.data options from data.threadpool_size / intra_op_threads / autotune_cpu_budget."""
   options = tf.data.Options()
-  options.deterministic = True
+  options.deterministic = True  # exact resume: the batch at step t depends on t only
   options.experimental_optimization.map_parallelization = True
+  if cfg.get('threadpool_size', 0):
+    options.threading.private_threadpool_size = cfg.threadpool_size
+  # One thread per op: images are already processed in parallel, one per map call.
+  options.threading.max_intra_op_parallelism = cfg.get('intra_op_threads', 1)
+  if cfg.get('autotune_cpu_budget', 0):
+    options.autotune.cpu_budget = cfg.autotune_cpu_budget
   return options
 
 
@@ -202,13 +215,13 @@ def _seed(*values):
   return int(np.random.SeedSequence(list(values)).generate_state(1)[0] >> 1)
 
 
-def _read(builder, split, *, shuffle_seed=None):
+def _read(builder, split, cfg, *, shuffle_seed=None):
   """Undecoded records; files in seeded order when shuffle_seed is given.
 
   Images and video frames stay encoded: the transforms decode what they use.
   """
   read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False,
-                                options=_options())
+                                options=_options(cfg))
   skip = {k: tfds.decode.SkipDecoding() for k in ('image', 'video')
           if k in builder.info.features}
   return builder.as_dataset(split=split, shuffle_files=shuffle_seed is not None,
@@ -224,7 +237,7 @@ def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0
   prep(record, seed) -> example dict (default: the image train transform).
   """
   shuffle_seed = _seed(seed, epoch)
-  ds = records if records is not None else _read(builder, split, shuffle_seed=shuffle_seed)
+  ds = records if records is not None else _read(builder, split, cfg, shuffle_seed=shuffle_seed)
   ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
   rows = batch * keep[1]
   ds = ds.take(steps * rows).enumerate().skip(start_batch * rows)  # skip before decoding
@@ -243,7 +256,7 @@ def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0
 
   ds = ds.map(seeded, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True)
-  return ds.prefetch(cfg.prefetch).with_options(_options())
+  return ds.prefetch(cfg.prefetch or tf.data.AUTOTUNE).with_options(_options(cfg))
 
 
 def batch_spec(cfg, batch_size):
@@ -279,7 +292,7 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
     keep, seed_index = (0, 1), p
   records = None
   if cfg.cache:  # fill the in-memory cache once; every epoch then shuffles from memory
-    records = _read(builder, split).cache()
+    records = _read(builder, split, cfg).cache()
     records.reduce(np.int64(0), lambda count, _: count + 1)
   epoch, start_batch = divmod(int(start_step), steps)
 
@@ -313,7 +326,7 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
   transform = preprocess.eval_transform(cfg, _is_jpeg(builder))
   size = cfg.image_size
 
-  ds = _read(builder, shares[p]).map(
+  ds = _read(builder, shares[p], cfg).map(
       lambda ex: {'image': transform(ex['image']), 'label': tf.cast(ex['label'], tf.int32),
                   'mask': tf.constant(1.0)},
       num_parallel_calls=tf.data.AUTOTUNE)
@@ -322,5 +335,6 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
                                       'label': tf.constant(0, tf.int32),
                                       'mask': tf.constant(0.0)})
   ds = ds.concatenate(pad.repeat(num_batches * b - counts[p]))
-  ds = ds.batch(b, drop_remainder=True).prefetch(cfg.prefetch).with_options(_options())
+  ds = ds.batch(b, drop_remainder=True).prefetch(cfg.prefetch or tf.data.AUTOTUNE)
+  ds = ds.with_options(_options(cfg))
   return ds.as_numpy_iterator()

@@ -73,6 +73,11 @@ def _decode_crop(image_bytes, is_jpeg, crop_fn):
   return image[top:top + h, left:left + w]
 
 
+def flip(image, seed, prob):
+  """Horizontal flip with probability prob (tf.cond: the image is reversed only when flipped)."""
+  return tf.cond(_uniform(seed) < prob, lambda: tf.reverse(image, [1]), lambda: image)
+
+
 def color_jitter(image, seed, strength):
   """torchvision ColorJitter(b=c=s=strength), ops in random order; image float in [0, 255]."""
   s = tf.random.experimental.stateless_split(seed, 4)
@@ -143,7 +148,7 @@ def train_transform(cfg, is_jpeg):
     crop = lambda h, w: sample_crop(h, w, s[0], tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
     image = _resize(_decode_crop(image_bytes, is_jpeg, crop), [size, size], cfg.interpolation)
     if cfg.hflip > 0:
-      image = tf.where(_uniform(s[1]) < cfg.hflip, tf.reverse(image, [1]), image)
+      image = flip(image, s[1], cfg.hflip)
     if policy is not None:
       image = tf.cast(augment.rand_augment(tf.cast(image, tf.uint8), s[2], policy, hp), tf.float32)
     if jitter:
@@ -158,26 +163,30 @@ def train_transform(cfg, is_jpeg):
   return fn
 
 
+def eval_window(height, width, size, crop_pct):
+  """The centre square that torchvision Resize(floor(size / crop_pct)) + CenterCrop(size)
+  keeps, in the original image's pixels: int32 (top, left, side, side)."""
+  short = tf.cast(tf.minimum(height, width), tf.float32)
+  side = tf.cast(tf.round(short * size / math.floor(size / crop_pct)), tf.int32)
+  side = tf.clip_by_value(side, 1, tf.minimum(height, width))
+  return (height - side) // 2, (width - side) // 2, side, side
+
+
 def eval_transform(cfg, is_jpeg):
-  """Returns fn(image_bytes) -> (size, size, 3): resize shorter side, centre crop; uint8,
-  or float32 normalised with data.normalize_on='host'."""
+  """Returns fn(image_bytes) -> (size, size, 3): the centre crop of timm's eval transform
+  (resize the shorter side to floor(size / crop_pct), centre crop size); uint8, or float32
+  normalised with data.normalize_on='host'.
+
+  Only the kept window is decoded (JPEG) and resized, straight to size x size: the
+  same scale as resizing the whole image first, without decoding or resampling the
+  pixels the crop throws away.
+  """
   size = cfg.image_size
-  scale_size = math.floor(size / cfg.crop_pct)
   on_host = _on_host(cfg)
+  window = lambda h, w: eval_window(h, w, size, cfg.crop_pct)  # noqa: E731
 
   def fn(image_bytes):
-    if is_jpeg:
-      image = tf.io.decode_jpeg(image_bytes, channels=3)
-    else:
-      image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    # torchvision Resize(int): shorter side -> scale_size, longer side truncated.
-    short = tf.minimum(h, w)
-    nh = tf.where(h == short, scale_size, scale_size * h // short)
-    nw = tf.where(w == short, scale_size, scale_size * w // short)
-    image = _resize(image, tf.stack([nh, nw]), cfg.interpolation)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    image = image[top:top + size, left:left + size]
+    image = _resize(_decode_crop(image_bytes, is_jpeg, window), [size, size], cfg.interpolation)
     image = _normalize(image, cfg) if on_host else tf.cast(image, tf.uint8)  # already rounded
     return tf.ensure_shape(image, [size, size, 3])
 

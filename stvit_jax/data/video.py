@@ -225,7 +225,7 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
   num_batches = math.ceil(max(counts) / b)
   views = eval_views(cfg)
   shape = [num_views(cfg), cfg.num_frames, cfg.image_size, cfg.image_size, 3]
-  ds = pipeline._read(builder, shares[p]).map(  # pylint: disable=protected-access
+  ds = pipeline._read(builder, shares[p], cfg).map(  # pylint: disable=protected-access
       lambda ex: {'video': views(ex), 'label': tf.cast(ex['label'], tf.int32),
                   'mask': tf.constant(1.0)},
       num_parallel_calls=tf.data.AUTOTUNE)
@@ -233,5 +233,5 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
                                       'mask': tf.constant(0.0)})
   ds = ds.concatenate(pad.repeat(num_batches * b - counts[p]))
   ds = ds.batch(b, drop_remainder=True).prefetch(cfg.prefetch)
-  return ds.with_options(pipeline._options()).as_numpy_iterator()  # pylint: disable=protected-access
+  return ds.with_options(pipeline._options(cfg)).as_numpy_iterator()  # pylint: disable=protected-access
 
