@@ -47,6 +47,9 @@ def data_config(name='imagenet2012'):
   c.threadpool_size = 0         # private threads for this pipeline; 0: the shared pool (one per core)
   c.intra_op_threads = 1        # threads one op may use: 1, as images already run in parallel
   c.autotune_cpu_budget = 0     # cores the autotuner may plan for; 0: all
+  # tf.data service dispatcher ('grpc://host:port') whose CPU workers build the train
+  # batches (data/service.py, launch/README.md); None: this host does. Same batches either way.
+  c.service_address = ml_collections.config_dict.placeholder(str)
   if name == 'imagenet2012':
     return c
   if name != 'stvit_digits':

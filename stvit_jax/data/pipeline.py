@@ -25,6 +25,7 @@ from stvit_jax.data import defaults
 from stvit_jax.data import device_augment
 from stvit_jax.data import digits
 from stvit_jax.data import preprocess
+from stvit_jax.data import service
 
 try:  # tf.data must not take accelerator memory from JAX
   tf.config.set_visible_devices([], 'GPU')
@@ -71,6 +72,11 @@ def _check_config(cfg):
   for field in TF_DATA_FIELDS + ('prefetch',):
     if field in cfg and (not isinstance(cfg[field], int) or cfg[field] < 0):
       raise bad(field, 'an int >= 0 (0: the tf.data default)')
+  address = cfg.get('service_address')
+  if address is not None and (not isinstance(address, str) or not address):
+    raise bad('service_address', "None or a tf.data service dispatcher, 'grpc://host:port'")
+  if address and cfg.cache:
+    raise bad('cache', 'False with data.service_address: the service workers read the records')
   if device_augment.normalize_on(cfg) not in device_augment.NORMALIZE_ON:
     raise bad('normalize_on', f'one of {device_augment.NORMALIZE_ON}')
   if _shard_by(cfg) not in SHARD_BY:
@@ -196,17 +202,18 @@ def steps_per_epoch(cfg, *, global_batch_size, process_count=None):
 TF_DATA_FIELDS = ('threadpool_size', 'intra_op_threads', 'autotune_cpu_budget')
 
 
-def _options(cfg):
+def _options(cfg=None):
   """tf.data options from data.threadpool_size / intra_op_threads / autotune_cpu_budget."""
+  cfg = cfg if cfg is not None else {}
   options = tf.data.Options()
   options.deterministic = True  # exact resume: the batch at step t depends on t only
   options.experimental_optimization.map_parallelization = True
   if cfg.get('threadpool_size', 0):
-    options.threading.private_threadpool_size = cfg.threadpool_size
+    options.threading.private_threadpool_size = cfg['threadpool_size']
   # One thread per op: images are already processed in parallel, one per map call.
   options.threading.max_intra_op_parallelism = cfg.get('intra_op_threads', 1)
   if cfg.get('autotune_cpu_budget', 0):
-    options.autotune.cpu_budget = cfg.autotune_cpu_budget
+    options.autotune.cpu_budget = cfg['autotune_cpu_budget']
   return options
 
 
@@ -215,7 +222,7 @@ def _seed(*values):
   return int(np.random.SeedSequence(list(values)).generate_state(1)[0] >> 1)
 
 
-def _read(builder, split, cfg, *, shuffle_seed=None):
+def _read(builder, split, cfg=None, *, shuffle_seed=None):
   """Undecoded records; files in seeded order when shuffle_seed is given.
 
   Images and video frames stay encoded: the transforms decode what they use.
@@ -254,9 +261,18 @@ def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0
   def seeded(position, ex):
     return prep(ex, tf.random.experimental.stateless_fold_in(base, position))
 
+  prefetch = cfg.prefetch or tf.data.AUTOTUNE
+  address = cfg.get('service_address')
+  if address:  # workers build whole batches, tagged with their number (data/service.py)
+    ds = service.shard_batches(ds, batch).map(
+        lambda index, position, ex: dict(seeded(position, ex), batch_index=index),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch).with_options(_options(cfg))
+    ds = service.distribute(ds, address, job=f'train-s{seed}-p{process_index}-e{epoch}')
+    return ds.prefetch(prefetch)
   ds = ds.map(seeded, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch, drop_remainder=True)
-  return ds.prefetch(cfg.prefetch or tf.data.AUTOTUNE).with_options(_options(cfg))
+  return ds.prefetch(prefetch).with_options(_options(cfg))
 
 
 def batch_spec(cfg, batch_size):
@@ -302,7 +318,10 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
       ds = train_epoch(builder, cfg, split=split, epoch=e, seed=seed, batch=b, steps=steps,
                        start_batch=j, process_index=seed_index, records=records, keep=keep,
                        prep=prep)
-      yield from ds.as_numpy_iterator()
+      if cfg.get('service_address'):  # batches arrive interleaved across workers
+        yield from service.in_order(ds.as_numpy_iterator(), 0, steps - j)
+      else:
+        yield from ds.as_numpy_iterator()
       e, j = e + 1, 0
 
   return batches()
