@@ -21,6 +21,7 @@ from absl import logging
 from flax import nnx
 
 from stvit_jax import checkpoint, evaluate, paths, pretrained, sharding, train, weights
+from stvit_jax.data import device_augment
 
 MODES = ('train', 'eval')
 
@@ -71,9 +72,9 @@ def run(config, workdir):
   shardings = sharding.tree_shardings(variables, mesh, config.sharding_rules)
   variables = jax.device_put(variables, shardings)
   apply = train.make_apply(graphdef, train.placeholder_rngs(abs_rngs))
-  eval_step = evaluate.make_eval_step(lambda v, im: apply(v, im, train=False)[0],
-                                      num_classes=info.num_classes, mesh=mesh,
-                                      variable_shardings=shardings)
+  eval_step = evaluate.make_eval_step(  # uint8 batches: normalised on device
+      lambda v, im: apply(v, device_augment.eval_images(im, config.data), train=False)[0],
+      num_classes=info.num_classes, mesh=mesh, variable_shardings=shardings)
   logging.info('evaluating %s from %s on %s %s (%d examples)', config.model.name,
                config.init_from, config.data.name, config.data.eval_split, info.num_eval)
   batches = data.eval_iterator(config.data, global_batch_size=config.eval_batch_size)
