@@ -264,8 +264,7 @@ def train_and_evaluate(config, workdir):
   var_shardings = {'params': shardings['params'], 'batch_stats': shardings['batch_stats']}
   eval_step = evaluate.make_eval_step(
       lambda v, im: apply(v, device_augment.eval_images(im, config.data), train=False)[0],
-                                      num_classes=info.num_classes, mesh=mesh,
-                                      variable_shardings=var_shardings)
+      num_classes=info.num_classes, mesh=mesh, variable_shardings=var_shardings)
 
   def run_eval(step):
     results = {}
