@@ -77,16 +77,16 @@ def _lut(image, table):
 def _affine(image, m, hp):
   """Output pixel (x, y) samples input (m0 x + m1 y + m2, m3 x + m4 y + m5); fill outside."""
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  x = _f32(image)
-  # A ones channel transformed with fill 0 tells how much of each output pixel
-  # came from inside the image; the rest is the (per channel) fill colour.
-  x = tf.concat([x, tf.ones_like(x[..., :1])], -1)[None]
+  fill = tf.constant(hp.fill, tf.float32)
+  # Sampling weights sum to 1, so transforming (x - fill) with fill 0 and adding fill back
+  # gives every output pixel its inside part plus the (per channel) fill colour for the
+  # rest, edges included: a per-channel fill at the cost of one 3-channel transform.
+  x = (_f32(image) - fill)[None]
   transform = tf.concat([tf.stack(m), tf.zeros([2])], 0)[None]
   y = tf.raw_ops.ImageProjectiveTransformV3(
       images=x, transforms=tf.cast(transform, tf.float32), output_shape=tf.stack([h, w]),
       fill_value=0.0, interpolation=hp.interpolation.upper(), fill_mode='CONSTANT')[0]
-  fill = tf.constant(hp.fill, tf.float32)
-  return _u8(tf.round(y[..., :3] + (1.0 - y[..., 3:]) * fill))
+  return _u8(tf.round(y + fill))
 
 
 # ---------------------------------------------------------------- pixel ops
