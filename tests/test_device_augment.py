@@ -50,7 +50,10 @@ def _timm_boxes(n, prob, seed=0):
   import torchvision_stub  # timm imports torchvision; its transforms are not used here
   torchvision_stub.install()
   torch = pytest.importorskip('torch')
-  timm_re = pytest.importorskip('timm.data.random_erasing')
+  # timm is not in pyproject: pip would replace the CPU torch by torch 2.14 + CUDA for it.
+  timm_re = pytest.importorskip(
+      'timm.data.random_erasing',
+      reason='timm: pip install timm==1.0.31 --no-deps (scripts/torchvision_stub.py)')
   random.seed(seed)
   torch.manual_seed(seed)
   eraser = timm_re.RandomErasing(prob, mode='pixel', max_count=1, device='cpu')
