@@ -23,12 +23,22 @@ changes) hits every model and the peak alike. Rows per case:
              temporaries - donated); the device's own peak is printed below the
              table where the backend reports one (GPU, TPU)
 
-Works on whatever `jax.devices()[0]` is (CPU, GPU, TPU); one device.
+Works on whatever `jax.devices()[0]` is (CPU, GPU, TPU); one device. Before
+JAX starts, the process keeps freed memory (`stvit_jax.cpu_allocator`): on CPU,
+XLA's per-call buffers are otherwise page-faulted anew on every call.
+`--set attention=fused` times `jax.nn.dot_product_attention` instead of the
+explicit attention (models.execution).
 
 `--input` times the input pipeline instead (stvit_jax/input_benchmark.py):
     python -m stvit_jax.benchmark --input --config=configs/deit_s.py [--topology=v5e:4x4]
 """
 from __future__ import annotations
+
+import sys
+
+if __name__ == '__main__' and '--input' not in sys.argv:  # model timing only (tf.data threads
+  from stvit_jax import cpu_allocator  # allocate concurrently); before JAX starts its threads
+  cpu_allocator.keep_freed_memory()
 
 import argparse
 import json
@@ -44,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stvit_jax import cli, flops
+from stvit_jax import cli, cpu_allocator, flops
 
 DTYPES = ('float32', 'bfloat16')
 
@@ -300,6 +310,7 @@ def main(argv=None):
   mode = 'train step (fwd+bwd+AdamW)' if args.train else 'inference'
   print(f'# {dev.device_kind} ({jax.default_backend()}), {args.dtype}, {mode}, '
         f'{args.image_size}px, {args.rounds} alternating rounds; jax {jax.__version__}')
+  print(f'# malloc keeps freed memory (stvit_jax.cpu_allocator): {cpu_allocator.kept}')
   print(f'# measured peak: {peak_case.name} {args.dtype} = {peak / 1e9:.1f} GFLOP/s '
         f'(median of rounds)')
   print(format_table(table))

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from stvit_jax.models import execution
+
 # timm / official init: trunc-normal(0.02) weights, zero biases.
 dense_init = nnx.initializers.truncated_normal(stddev=0.02)
 
@@ -32,12 +34,18 @@ def gelu(x):
   return jax.nn.gelu(x, approximate=False)  # PyTorch nn.GELU() is the erf form.
 
 
-def attention(q, k, v, bias=None):
+def attention(q, k, v, bias=None, impl='explicit'):
   """Scaled dot-product attention on (B, N, h, d) tensors.
 
   Returns the output (B, Nq, h, d) and the weights (B, h, Nq, Nk). `bias` is
   added to the logits (broadcast to (B, h, Nq, Nk)); softmax runs in float32.
+  impl='fused' (models.execution) uses `jax.nn.dot_product_attention` and returns
+  None for the weights.
   """
+  if impl == 'fused':
+    if bias is not None:
+      bias = jnp.asarray(bias, jnp.float32)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias), None
   # Heads first, explicitly: the two batched matmuls then run on contiguous
   # (B, h) slabs. Left to itself, XLA:CPU fuses the (B, N, h, d)-strided einsums,
   # the softmax and both matmuls into one kernel that reaches about half the
@@ -86,13 +94,14 @@ class Attention(nnx.Module):
 
   def __init__(self, dim, num_heads, *, dtype, rngs, qkv_bias=True):
     self.num_heads = num_heads
+    self.attention_impl = 'explicit'  # models.execution.configure
     self.qkv = linear(dim, 3 * dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
     self.proj = linear(dim, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, bias=None):
     b, n, c = x.shape
     q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3, self.num_heads, -1), 3, axis=2)
-    out, weights = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], bias)
+    out, weights = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], bias, self.attention_impl)
     return self.proj(out.reshape(b, n, c)), weights
 
 
@@ -101,6 +110,7 @@ class CrossAttention(nnx.Module):
 
   def __init__(self, dim, num_heads, *, dtype, rngs, qkv_bias=True):
     self.num_heads = num_heads
+    self.attention_impl = 'explicit'  # models.execution.configure
     self.q = linear(dim, dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
     self.kv = linear(dim, 2 * dim, use_bias=qkv_bias, dtype=dtype, rngs=rngs)
     self.proj = linear(dim, dim, dtype=dtype, rngs=rngs)
@@ -109,7 +119,7 @@ class CrossAttention(nnx.Module):
     b, n, c = x.shape
     q = self.q(x).reshape(b, n, self.num_heads, -1)
     kv = self.kv(y).reshape(b, y.shape[1], 2, self.num_heads, -1)
-    out, weights = attention(q, kv[:, :, 0], kv[:, :, 1])
+    out, weights = attention(q, kv[:, :, 0], kv[:, :, 1], impl=self.attention_impl)
     return self.proj(out.reshape(b, n, c)), weights
 
 
@@ -123,7 +133,9 @@ class Block(nnx.Module):
     self.norm2 = layer_norm(dim, eps=eps, rngs=rngs)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.drop_path = DropPath(drop_path, rngs=rngs)
+    self.remat_policy = 'none'  # models.execution.configure
 
+  @execution.rematerialised
   def __call__(self, x, *, train):
     a, _ = self.attn(self.norm1(x))
     x = x + self.drop_path(a, train=train)
@@ -157,7 +169,9 @@ class SBlock(nnx.Module):
     self.norm2 = layer_norm(dim, eps=eps, rngs=rngs)
     self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.drop_path = DropPath(drop_path, rngs=rngs)
+    self.remat_policy = 'none'  # models.execution.configure
 
+  @execution.rematerialised
   def __call__(self, x, y=None, *, train):
     """Returns the updated x and the attention weights (B, h, Nx, Ny)."""
     if self.local_window is not None:
@@ -179,7 +193,7 @@ class SBlock(nnx.Module):
     windows = window_partition(x.reshape(b, side, side, c), w)
     a, weights = self.attn(windows, windows)
     a = window_reverse(a.reshape(-1, w, w, c), w, side, side).reshape(b, n, c)
-    return a, weights.reshape(b, -1, *weights.shape[1:])
+    return a, None if weights is None else weights.reshape(b, -1, *weights.shape[1:])
 
 
 def square_side(n, what):
@@ -221,6 +235,26 @@ def adaptive_pool(x, k, kind):
   cols = adaptive_pool_bins(x.shape[2], k)
   out = [[reduce(x[:, r0:r1, c0:c1], axis=(1, 2)) for c0, c1 in cols] for r0, r1 in rows]
   return jnp.stack([jnp.stack(r, axis=1) for r in out], axis=1)
+
+
+def depthwise_conv(conv, x):
+  """`conv` (an `nnx.Conv` with feature_group_count == channels, stride 1, odd
+  kernel, 'SAME'-size padding) applied to (B, H, W, C) as a sum of shifted products.
+
+  Same parameters and result as `conv(x)` (summation order differs: ~1e-7
+  relative). XLA:CPU lowers a grouped convolution to a generic loop that runs
+  about 7x slower than these fused elementwise products (one WeightedPool
+  DWConv was ~10% of stvit_deit_small's forward time on CPU).
+  """
+  kh, kw = conv.kernel_size
+  ph, pw = kh // 2, kw // 2
+  b, h, w, c = x.shape
+  kernel = conv.kernel[...].astype(conv.dtype or x.dtype)  # (kh, kw, 1, C)
+  xp = jnp.pad(x.astype(kernel.dtype), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  out = sum(xp[:, i:i + h, j:j + w] * kernel[i, j, 0] for i in range(kh) for j in range(kw))
+  if conv.bias is not None:
+    out = out + conv.bias[...].astype(out.dtype)
+  return out
 
 
 def drop_path_rates(rate, depth):

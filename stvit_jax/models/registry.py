@@ -10,7 +10,7 @@ import inspect
 import jax.numpy as jnp
 from flax import nnx
 
-from stvit_jax.models import stvit, stvit_r_dense, stvit_swin, swin, video_swin, vit
+from stvit_jax.models import execution, stvit, stvit_r_dense, stvit_swin, swin, video_swin, vit
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -57,6 +57,7 @@ def options(name, dense=False):
         if p.kind == p.KEYWORD_ONLY and p.name != 'rngs':
           found[p.name] = p.default
   found.update(variant)
+  found.update(execution.DEFAULTS)  # not constructor arguments: set on the built model
   return found
 
 
@@ -96,5 +97,8 @@ def create(name, *, rngs=None, seed=0, dtype='float32', dense=False, pretrained=
   if unknown:
     raise ValueError(f'{name} has no option(s) {unknown}; valid options: '
                      f'{", ".join(sorted(valid))}')
+  run = {k: overrides.pop(k) for k in execution.DEFAULTS if k in overrides}
+  execution.check(**run)
   rngs = rngs or nnx.Rngs(params=seed, dropout=seed + 1)
-  return cls(**{**variant, **overrides}, dtype=DTYPES[dtype], rngs=rngs)
+  model = cls(**{**variant, **overrides}, dtype=DTYPES[dtype], rngs=rngs)
+  return execution.configure(model, **run)

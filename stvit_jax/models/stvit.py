@@ -54,7 +54,8 @@ class WeightedPool(nnx.Module):
     """(B, n, n, C) -> (B, k*k, C) centres and the (B, k*k, s*s) pooling weights."""
     b, _, _, c = grid.shape
     x = jnp.pad(grid, ((0, 0), self.pad, self.pad, (0, 0)))
-    s = self.score(layers.gelu(self.norm(self.dwconv(x)))).astype(jnp.float32)
+    s = self.score(layers.gelu(self.norm(layers.depthwise_conv(self.dwconv, x))))
+    s = s.astype(jnp.float32)
     s = layers.window_partition(s, self.window).reshape(b, self.k * self.k, -1, 1)
     pad_bias = padding_bias(self.grid, self.k).reshape(1, self.k * self.k, -1, 1)
     w = jax.nn.softmax(s + pad_bias, axis=2)

@@ -110,7 +110,7 @@ def masked_attention(attn, q_in, kv, bias):
   n, c = q_in.shape[1], q_in.shape[2]
   q = attn.q(q_in).reshape(q_in.shape[0], n, attn.num_heads, -1)
   kv = kv.reshape(kv.shape[0], kv.shape[1], 2, attn.num_heads, -1)
-  out, weights = layers.attention(q, kv[:, :, 0], kv[:, :, 1], bias)
+  out, weights = layers.attention(q, kv[:, :, 0], kv[:, :, 1], bias, attn.attention_impl)
   return attn.proj(out.reshape(q_in.shape[0], n, c)), weights
 
 
@@ -197,7 +197,7 @@ def semantic_attention(block, x, valid, s, *, window, t, k, train):
   s = layers.window_reverse(s, t, hp // window * t, wp // window * t)
   s = s + block.drop_path(layers.scaled(block.layer_scale_2, block.mlp(block.norm2(s), train=train)),
                           train=train)
-  return s, weights.reshape(b, -1, *weights.shape[1:])
+  return s, None if weights is None else weights.reshape(b, -1, *weights.shape[1:])
 
 
 def local_semantic(block, s, t, *, train):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stvit_jax.models import layers, swin
+from stvit_jax.models import execution, layers, swin
 
 KEY_WINDOW, KEY_STRIDE = 10, 4  # official F.unfold(kernel_size=10, stride=4)
 UNIT = 6
@@ -102,12 +102,14 @@ class WindowSemanticInit(nnx.Module):
     self.norm2 = layers.layer_norm(dim, eps=1e-5, rngs=rngs)
     self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.remat_policy = 'none'  # models.execution.configure
 
   @property
   def key_index(self):
     """(nW, 100) flat indices of each window's 10x10 key patch in the H*W grid."""
     return key_window_index(self.grid, self.window)
 
+  @execution.rematerialised
   def __call__(self, x, *, train):
     """x (B, H*W, C) -> semantic grid (B, (nw*t)^2, C), weights (B, nW, h, t*t, t*t+100)."""
     (h, w), c, b = self.grid, x.shape[-1], x.shape[0]
@@ -121,7 +123,7 @@ class WindowSemanticInit(nnx.Module):
     s = windows_to_grid(s, h // self.window, self.t)
     s = s + self.drop_path(layers.scaled(self.layer_scale_2, self.mlp(self.norm2(s), train=train)),
                            train=train)
-    return s, weights.reshape(b, -1, *weights.shape[1:])
+    return s, None if weights is None else weights.reshape(b, -1, *weights.shape[1:])
 
 
 class SemanticStage(nnx.Module):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stvit_jax.models import layers
+from stvit_jax.models import execution, layers
 
 # name -> (embed_dim, depths, num_heads)
 VARIANTS = {
@@ -86,7 +86,9 @@ class SwinBlock(nnx.Module):
     self.norm2 = layers.layer_norm(dim, eps=1e-5, rngs=rngs)
     self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.remat_policy = 'none'  # models.execution.configure
 
+  @execution.rematerialised
   def __call__(self, x, *, train):
     (h, w), c = self.grid, x.shape[-1]
     y = self.norm1(x).reshape(-1, h, w, c)

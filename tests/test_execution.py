@@ -1,0 +1,123 @@
+"""Execution options (models.execution) and speed-motivated rewrites change no result.
+
+Fused attention and rematerialisation give the explicit, stored computation's
+outputs and gradients; the WeightedPool depthwise convolution written as shifted
+products equals the grouped convolution. Tiny widths keep this fast.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from stvit_jax import models
+from stvit_jax.models import layers
+
+TINY = {
+    'deit_small': dict(embed_dim=32, num_heads=2, depth=2, img_size=32),
+    'stvit_deit_small': dict(embed_dim=32, num_heads=2, depth=5, num_base_layers=1, img_size=96),
+    'swin_small': dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), img_size=64,
+                       window_size=2),
+    'stvit_r_swin_small': dict(embed_dim=16, depths=(2, 2, 6, 2), num_heads=(1, 2, 2, 4),
+                               img_size=224),
+}
+
+
+def images(size, batch=2):
+  return jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)), jnp.float32)
+
+
+def loss_and_grads(model, x):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params):  # fresh rng Variables in the trace, as the trainer's `apply` makes them
+    logits, _ = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, rest))(x, train=True)
+    return jnp.sum(logits ** 2)
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize('name', list(TINY))
+def test_fused_attention_gives_the_explicit_outputs(name):
+  size = TINY[name]['img_size']
+  x = images(size, batch=1 if name == 'stvit_r_swin_small' else 2)
+  explicit = models.create(name, **TINY[name])
+  fused = models.create(name, attention='fused', **TINY[name])
+  (a, aux_a), (b, aux_b) = explicit(x), fused(x)
+  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(jnp.abs(a).max()))
+  if 'stgm_attn' in aux_a:  # the visualizer's weights exist only in the explicit form
+    assert all(w is not None for w in aux_a['stgm_attn'])
+    assert all(w is None for w in aux_b['stgm_attn'])
+
+
+@pytest.mark.parametrize('name, policy', [('stvit_deit_small', 'full'), ('swin_small', 'dots_saveable')])
+def test_remat_gives_the_same_loss_and_gradients(name, policy):
+  x = images(TINY[name]['img_size'], batch=2)
+  base = loss_and_grads(models.create(name, **TINY[name]), x)
+  remat = loss_and_grads(models.create(name, remat_policy=policy, **TINY[name]), x)
+  np.testing.assert_allclose(remat[0], base[0], rtol=1e-6)
+  for g, h in zip(jax.tree.leaves(remat[1]), jax.tree.leaves(base[1])):
+    np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-6 * float(jnp.abs(h).max()) + 1e-12)
+
+
+def test_remat_is_in_the_backward():
+  model = models.create('deit_small', remat_policy='full', **TINY['deit_small'])
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  loss = lambda p: jnp.sum(nnx.merge(graphdef, p, jax.tree.map(jnp.asarray, rest))(  # noqa: E731
+      images(32), train=True)[0])
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+  assert jaxpr.count('checkpoint[') + jaxpr.count('remat') >= 2  # one per block (depth 2)
+
+
+def test_execution_options_are_model_options_and_checked():
+  assert models.options('swin_small')['attention'] == 'explicit'
+  assert models.options('stvit_deit_small')['remat_policy'] == 'none'
+  with pytest.raises(ValueError, match="attention='flash'.*'explicit', 'fused'"):
+    models.create('deit_small', attention='flash', **TINY['deit_small'])
+  with pytest.raises(ValueError, match="remat_policy='some'.*'dots_saveable'"):
+    models.create('deit_small', remat_policy='some', **TINY['deit_small'])
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_depthwise_conv_equals_the_grouped_convolution(dtype):
+  conv = nnx.Conv(8, 8, (3, 3), padding=1, feature_group_count=8, dtype=dtype, rngs=nnx.Rngs(0))
+  x = images(6)[..., :1] * jnp.arange(1, 9, dtype=jnp.float32)
+  ref, out = conv(x), layers.depthwise_conv(conv, x)
+  assert out.dtype == ref.dtype
+  tol = 1e-6 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32),
+                             rtol=tol, atol=tol * float(jnp.abs(ref).max()))
+
+
+FAULTS = '''
+import resource, sys
+from stvit_jax import cpu_allocator
+kept = cpu_allocator.keep_freed_memory() if sys.argv[1] == 'keep' else None
+import jax, jax.numpy as jnp
+from flax import nnx
+from stvit_jax import models
+graphdef, state = nnx.split(models.create('deit_small', embed_dim=96, num_heads=2, depth=2,
+                                          img_size=64))
+x = jnp.ones((64, 64, 64, 3))
+f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0]).lower(state, x).compile()
+for _ in range(3):
+  jax.block_until_ready(f(state, x))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+  jax.block_until_ready(f(state, x))
+print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+'''
+
+
+@pytest.mark.slow
+def test_kept_freed_memory_stops_per_call_page_faults():
+  import os, subprocess, sys  # noqa: E401
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env.pop('GLIBC_TUNABLES', None)
+  out = {mode: subprocess.run([sys.executable, '-c', FAULTS, mode], env=env, check=True,
+                              capture_output=True, text=True).stdout.split()
+         for mode in ('keep', 'default')}
+  assert out['keep'][0] == 'True'
+  # A tiny DeiT at batch 64: the temporaries are page-faulted anew on every call by
+  # default and reused when kept (measured: 355-723 and 30 pages per call).
+  assert int(out['default'][1]) > 200
+  assert int(out['keep'][1]) * 4 < int(out['default'][1])
