@@ -98,14 +98,17 @@ def _compile(fn, *args, donate=()):
 
 
 def model_case(name, batch, *, dtype='float32', train=False, image_size=224,
-               num_classes=1000, seed=0, **overrides):
-  """Builds, compiles and returns a `Case` for `models.create(name)` at `batch`."""
+               num_classes=1000, seed=0, num_frames=32, **overrides):
+  """Builds, compiles and returns a `Case` for `models.create(name)` at `batch`
+  (images, or clips of `num_frames` frames for video models: then img/s is clips/s)."""
   from stvit_jax import models  # the registry imports every family: only when needed
   model = models.create(name, dtype=dtype, seed=seed, num_classes=num_classes,
                         img_size=image_size, **overrides)
-  macs = flops.model_macs(model, image_size)
+  macs = flops.model_macs(model, image_size, num_frames=num_frames)
   rng = np.random.default_rng(seed)
-  images = jnp.asarray(rng.standard_normal((batch, image_size, image_size, 3), np.float32))
+  frames = (num_frames,) if getattr(model, 'input_kind', 'image') == 'video' else ()
+  images = jnp.asarray(rng.standard_normal((batch, *frames, image_size, image_size, 3),
+                                           np.float32))
   if not train:
     graphdef, state = nnx.split(model)
 
@@ -268,6 +271,8 @@ def main(argv=None):
                       help='time a training step (forward, backward, AdamW) instead of inference')
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--num_classes', type=int, default=1000)
+  parser.add_argument('--num_frames', type=int, default=32,
+                      help='frames per clip for video models (img/s is then clips/s)')
   parser.add_argument('--rounds', type=int, default=5, help='timed rounds per case')
   parser.add_argument('--warmup', type=int, default=2, help='untimed calls per case')
   parser.add_argument('--min_time', type=float, default=1.0,
@@ -300,7 +305,8 @@ def main(argv=None):
   for batch in args.batch:
     for name in names:
       case = model_case(name, batch, dtype=args.dtype, train=args.train,
-                        image_size=args.image_size, num_classes=args.num_classes, **overrides)
+                        image_size=args.image_size, num_classes=args.num_classes,
+                        num_frames=args.num_frames, **overrides)
       log(f'compiled {name} batch {batch} in {case.compile_s:.1f}s')
       cases.append(case)
   peak_case = matmul_case(args.dtype, args.matmul)
@@ -309,7 +315,8 @@ def main(argv=None):
   table, peak = rows(cases, peak_case)
   mode = 'train step (fwd+bwd+AdamW)' if args.train else 'inference'
   print(f'# {dev.device_kind} ({jax.default_backend()}), {args.dtype}, {mode}, '
-        f'{args.image_size}px, {args.rounds} alternating rounds; jax {jax.__version__}')
+        f'{args.image_size}px (video: {args.num_frames}-frame clips, img/s = clips/s), '
+        f'{args.rounds} alternating rounds; jax {jax.__version__}')
   print(f'# malloc keeps freed memory (stvit_jax.cpu_allocator): {cpu_allocator.kept}')
   print(f'# measured peak: {peak_case.name} {args.dtype} = {peak / 1e9:.1f} GFLOP/s '
         f'(median of rounds)')

@@ -14,6 +14,8 @@ Sources: `.pth` / `.pt` (needs `pip install 'stvit_jax[torch]'`; a dict whose
                          tells them apart
   stvit_r_swin_*,        the authors' STViT-R code: Microsoft Swin names, stem
   stvit_swin_*           `patch_embed.proj.{0,2}.{c,bn}`, stage 3 `layers.2.blocks.N`
+  video_swin_*,          Video Swin: original release, mmaction2 1.x or torchvision
+  stvit_*video_swin_*    swin3d layouts; --inflate from ImageNet Swin (convert_video.py)
 
 Leaves: Linear weight (out, in) -> kernel (in, out); Conv OIHW -> HWIO; norm
 weight -> scale; BatchNorm running_mean / running_var -> batch_stats mean / var.
@@ -35,14 +37,14 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from stvit_jax import cli, models, paths, weights
+from stvit_jax import cli, convert_video, models, paths, weights
 
 IGNORED = (  # buffers that the JAX models rebuild as numpy constants
     (re.compile(r'(^|\.)num_batches_tracked$'), 'BatchNorm step counter'),
     (re.compile(r'(^|\.)relative_position_index$'), 'Swin relative_position_index (rebuilt)'),
     (re.compile(r'(^|\.)attn_mask$'), 'Swin shifted-window attn_mask (rebuilt)'),
 )
-LAYOUTS = ('auto', 'microsoft', 'timm')
+LAYOUTS = ('auto', 'microsoft', 'timm') + convert_video.LAYOUTS
 WRAPPERS = ('model', 'state_dict', 'model_ema')
 FORMATS = ('.pth', '.pt', '.safetensors', '.npz')
 
@@ -63,8 +65,10 @@ RULES = {
                  r'^patch_embed\.proj\.1\.', 'patch_embed.proj.2.'),
                 (r'^layers\.2\.semantic_token2$', 'layers.2.global_init',
                  r'^layers\.2\.global_init$', 'layers.2.semantic_token2')],
+    **convert_video.RULES,
 }
-FAMILIES = (('stvit_r_swin_', 'stvit_r'), ('stvit_swin_', 'stvit_r'),
+FAMILIES = (('stvit_r_video_swin_', 'video_swin'), ('stvit_video_swin_', 'video_swin'),
+            ('video_swin_', 'video_swin'),('stvit_r_swin_', 'stvit_r'), ('stvit_swin_', 'stvit_r'),
             ('stvit_deit_', 'deit'), ('swin_', 'swin'), ('deit_', 'deit'))
 
 
@@ -119,6 +123,18 @@ def rules_for(name, state_dict, layout='auto'):
   if layout not in LAYOUTS:
     raise ValueError(f'layout={layout!r} is not valid; choose one of {list(LAYOUTS)}')
   family = family_of(name)
+  video = family == 'video_swin'
+  if video or layout in convert_video.LAYOUTS:
+    if not video:
+      raise ValueError(f'layout={layout!r} is a Video Swin layout; {name} is an image model')
+    try:
+      layout = convert_video.detect_layout(state_dict) if layout == 'auto' else layout
+    except ValueError as e:
+      raise ConversionError(str(e)) from None
+    if layout not in convert_video.LAYOUTS:
+      raise ValueError(f'layout={layout!r} is not a Video Swin layout; choose one of '
+                       f'{list(convert_video.LAYOUTS)}')
+    return f'video_swin/{layout}', layout
   if family != 'swin':
     if layout == 'timm':
       raise ValueError(f"layout='timm' exists only for swin_* models; {name} uses the "
@@ -166,6 +182,8 @@ def to_model_layout(target, value):
     return value.T                       # Linear (out, in) -> (in, out)
   if target.endswith('.kernel') and value.ndim == 4:
     return value.transpose(2, 3, 1, 0)   # Conv OIHW -> HWIO
+  if target.endswith('.kernel') and value.ndim == 5:
+    return value.transpose(2, 3, 4, 1, 0)  # Conv3d OIDHW -> DHWIO
   return value
 
 
@@ -206,13 +224,16 @@ def _is_head(target):
   return target.split('/', 1)[1].split('.')[0] in weights.HEADS
 
 
-def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_prefix=None):
+def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_prefix=None,
+                       allow_fresh=()):
   """Maps `state_dict` ({name: array}) onto `targets` ({model weight: shape}).
 
   `replace_head`: head tensors of another shape are ignored and the model's
   head stays fresh. `num_prefix`: resize a `pos_embed` of another grid size
   (that many class / distillation tokens are kept as they are); None refuses.
-  Raises ConversionError naming every unexpected, missing and mis-shaped tensor.
+  `allow_fresh`: regexes of model weights that may stay at their initialisation
+  (STViT LayerScales of an inflated model). Raises ConversionError naming every
+  unexpected, missing and mis-shaped tensor.
   """
   arrays, consumed, ignored, notes = {}, {}, {}, []
   unexpected, misshaped, fresh, seen = [], [], set(), set()
@@ -263,6 +284,10 @@ def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_pr
     del arrays[tgt], consumed[src]
     ignored[src] = 'head replaced'
     fresh.add(tgt)
+  for t in targets:
+    if t not in seen and any(re.search(p, t) for p in allow_fresh):
+      seen.add(t)
+      fresh.add(t)
   missing = [f'  missing: {t} {tuple(targets[t])} (expected source tensor '
              f'{source_name(t, rules)})' for t in targets if t not in seen]
   problems = unexpected + missing + misshaped
@@ -274,7 +299,9 @@ def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_pr
 
 def source_classes(state_dict):
   head = state_dict.get('head.weight', state_dict.get('head.fc.weight'))
-  return None if head is None else int(np.shape(head)[0])
+  if head is None:
+    return convert_video.source_classes(state_dict)
+  return int(np.shape(head)[0])
 
 
 def plan(name, state_dict, *, num_classes=None, img_size=None, layout='auto', **overrides):
@@ -296,9 +323,22 @@ def plan(name, state_dict, *, num_classes=None, img_size=None, layout='auto', **
   if img_size is not None and 'params/pos_embed' in targets:
     grid = abstract.img_size // abstract.patch_embed.patch_size
     num_prefix = targets['params/pos_embed'][1] - grid * grid
+  notes, allow_fresh = [], ()
+  if rules_key.startswith('video_swin/'):  # STViT layers take their Swin blocks' weights
+    if rules_key != 'video_swin/original':
+      state_dict = {_rename(k, RULES[rules_key], True): v for k, v in state_dict.items()}
+      state_dict = {_rename(k, RULES['video_swin/original'], False): v
+                    for k, v in state_dict.items()}
+      rules_key = 'video_swin/original'
+    state_dict, notes = convert_video.to_semantic(state_dict, abstract)
+    allow_fresh = (r'\.layer_scale_[12]$',)
+    if found is None:  # inflated or backbone-only: the video head starts fresh
+      allow_fresh += (r'^params/head\.',)
   conversion = convert_state_dict(
       state_dict, targets, RULES[rules_key],
-      replace_head=found is not None and num_classes != found, num_prefix=num_prefix)
+      replace_head=found is not None and num_classes != found, num_prefix=num_prefix,
+      allow_fresh=allow_fresh)
+  conversion.notes.extend(notes)
   return conversion, kwargs, layout
 
 
@@ -391,11 +431,19 @@ def _parse_override(text):
 
 
 def convert_file(name, src, out, *, key=None, num_classes=None, img_size=None, layout='auto',
-                 extra_provenance=None, **overrides):
+                 extra_provenance=None, inflate=False, **overrides):
   """Converts the file `src` for model `name` and writes weights + provenance.json to
-  `out` (stvit_jax.weights); returns (provenance, Conversion, state_dict)."""
-  state_dict, key = load_state_dict(src, key)
+  `out` (stvit_jax.weights); returns (provenance, Conversion, state_dict).
+
+  `inflate`: `src` is an ImageNet Swin (file, or converted image directory) that
+  becomes a video model by the 2D -> 3D rule of convert_video.inflate."""
+  if inflate and os.path.isdir(src):
+    state_dict, key = convert_video.image_dir_state_dict(src), None
+  else:
+    state_dict, key = load_state_dict(src, key)
   state_dict, stripped = strip_prefix(state_dict)
+  if inflate:
+    state_dict = convert_video.inflate(state_dict)
   conv, kwargs, layout = plan(name, state_dict, num_classes=num_classes, img_size=img_size,
                               layout=layout, **overrides)
   if conv.fresh:  # a replaced head needs its initialisation
@@ -412,8 +460,11 @@ def convert_file(name, src, out, *, key=None, num_classes=None, img_size=None, l
     reasons[reason] = reasons.get(reason, 0) + 1
   provenance = {
       'model': name, 'num_classes': classes, 'options': options,
-      'source': {'file': os.path.basename(src), 'sha256': sha256(src),
-                 'format': os.path.splitext(src)[1].lstrip('.'), 'key': key,
+      'source': {'file': os.path.basename(os.path.normpath(src)),
+                 'sha256': sha256(src) if os.path.isfile(src) else None,
+                 'format': (os.path.splitext(src)[1].lstrip('.') if os.path.isfile(src)
+                            else 'stvit_jax weights directory'),
+                 'key': key, 'inflated': inflate,
                  'layout': layout, 'stripped_module_prefix': stripped,
                  'tensors': len(state_dict), **(extra_provenance or {})},
       'consumed': len(conv.consumed), 'ignored': reasons, 'fresh': conv.fresh,
@@ -434,6 +485,9 @@ def main(argv=None):
   parser.add_argument('--img_size', type=int, help="default: the model's; DeiT position "
                       'embeddings are resized to it')
   parser.add_argument('--layout', default='auto', choices=LAYOUTS, help='Swin name layout')
+  parser.add_argument('--inflate', action='store_true',
+                      help='video models: build from an ImageNet Swin state_dict (.pth, ...) '
+                      'or converted image directory (2D -> 3D inflation, fresh head)')
   parser.add_argument('--key', help=f'checkpoint entry holding the state_dict (default: the '
                       f'first of {", ".join(WRAPPERS)} present)')
   parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
@@ -441,8 +495,14 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.model not in models.names():
     parser.error(f'--model {args.model!r} is not valid; choose one of {", ".join(models.names())}')
-  if not os.path.isfile(args.src):
-    parser.error(f'--src {args.src!r}: no such file')
+  video = family_of(args.model) == 'video_swin'
+  if args.inflate and not video:
+    parser.error(f'--inflate builds video models; {args.model} is not one')
+  if not (os.path.isfile(args.src) or (args.inflate and os.path.isdir(args.src))):
+    parser.error(f'--src {args.src!r}: no such file' + (' or converted image directory'
+                                                        if args.inflate else ''))
+  if args.inflate and args.num_classes is None and 'num_classes' not in dict(args.overrides):
+    parser.error('--inflate drops the ImageNet head: pass --num_classes (400 for Kinetics-400)')
   out = epath.Path(paths.absolute(args.out))
   if out.exists() and (not out.is_dir() or any(out.iterdir())):
     # Converted weights are a directory of their own; never mix them into other files.
@@ -457,9 +517,11 @@ def main(argv=None):
   try:
     provenance, conv, state_dict = convert_file(
         args.model, args.src, args.out, key=args.key, num_classes=args.num_classes,
-        img_size=args.img_size, layout=args.layout, **overrides)
+        img_size=args.img_size, layout=args.layout, inflate=args.inflate, **overrides)
   except ConversionError as e:
     sys.exit(f'error: {args.src} does not convert to {args.model}:\n{e}')
+  except ValueError as e:  # --inflate of a non-Swin source, a video layout for an image model
+    sys.exit(f'error: {e}')
   key, reasons = provenance['source']['key'], provenance['ignored']
   print(f'{args.src}: {len(state_dict)} tensors, {len(conv.consumed)} consumed, '
         f'{len(conv.ignored)} ignored' + (f" (from entry '{key}')" if key else ''))

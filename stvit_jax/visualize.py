@@ -10,6 +10,13 @@ every patch to the token that attends to it most. Works for `stvit_deit_*`
 (global STGM: layer 1 keys are the image tokens, later layers [S, X]) and
 `stvit_r_swin_*` / `stvit_swin_*` (layer 1 per 7x7 window over its 10x10
 key patch, layer 2 global over the 14x14 stage-3 grid), trained or not.
+
+Video (`stvit_video_swin_*`, `stvit_r_video_swin_*`): `--video FILE` (mp4 etc.
+through PyAV, or an animated GIF) draws a strip of frames, one per temporal
+token, each with its frame's hard assignment (token i has the same colour in
+every frame: it starts from the same window), and `--gif` also writes it animated.
+
+    python -m stvit_jax.visualize --model stvit_video_swin_tiny --video clip.mp4 --out strip.png
 """
 from __future__ import annotations
 
@@ -26,7 +33,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 from stvit_jax import cli
 
-FAMILIES = ('stvit_deit_', 'stvit_r_swin_', 'stvit_swin_')
+FAMILIES = ('stvit_deit_', 'stvit_r_swin_', 'stvit_swin_', 'stvit_video_swin_',
+            'stvit_r_video_swin_')
 
 
 def load_image(path, size):
@@ -46,15 +54,43 @@ def load_image(path, size):
   return np.asarray(img.crop((left, top, left + size, top + size)), np.uint8)
 
 
+def load_clip(path, size, num_frames):
+  """A video file -> (num_frames, size, size, 3) uint8, frames evenly spaced,
+  each short-side resized and centre-cropped as `load_image`."""
+  frames = []
+  try:
+    import av
+    with av.open(path) as container:
+      frames = [f.to_image() for f in container.decode(video=0)]
+  except Exception:  # not a container PyAV reads (or no PyAV): try Pillow (GIF, APNG)
+    from PIL import ImageSequence
+    with Image.open(path) as img:
+      frames = [f.convert('RGB') for f in ImageSequence.Iterator(img)]
+  if not frames:
+    raise ValueError(f'--video {path}: no frames decoded')
+  pick = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
+  out = []
+  for i in pick:
+    img = frames[i].convert('RGB')
+    scale = size / min(img.size)
+    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    img = img.resize((w, h), Image.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    out.append(np.asarray(img.crop((left, top, left + size, top + size)), np.uint8))
+  return np.stack(out)
+
+
 def normalise(image):
   from stvit_jax.data.defaults import IMAGENET_MEAN, IMAGENET_STD
   return (image.astype(np.float32) / 255.0 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
 
 
 def _family(model):
-  from stvit_jax.models import stvit, stvit_swin
+  from stvit_jax.models import stvit, stvit_swin, stvit_video_swin
   if isinstance(model, stvit.STViT):
     return 'deit'
+  if isinstance(model, stvit_video_swin.STViTVideoSwin):
+    return 'video'
   if isinstance(model, stvit_swin.STViTSwin) and hasattr(model.layers[2], 'semantic_grid'):
     return 'swin'
   raise ValueError(f'{type(model).__name__} has no STGM to draw; use one of the '
@@ -81,6 +117,9 @@ def semantic_maps(model, images, *, layer=None, unit=0):
   """
   family = _family(model)
   attn = _stgm_attention(model, jnp.asarray(images, jnp.float32))
+  if family == 'video':  # clips (B, T, H, W, 3): maps per temporal token, (B*D, M, gh, gw)
+    attn = [np.asarray(a).reshape(-1, *a.shape[2:]) for a in attn]
+    images = images[:, 0]
   if family == 'deit':
     depth = len(attn)
     layer = depth if layer is None else layer
@@ -101,7 +140,8 @@ def semantic_maps(model, images, *, layer=None, unit=0):
   if layer == 2:  # (B, h, S, S + gh*gw): the image tokens are the last keys
     maps = w.mean(axis=1)[..., -gh * gw:]
   else:  # (B, nW, h, t*t, t*t + 100): each window's tokens see its 10x10 key patch
-    index = stage.blocks[1].key_index  # (nW, 100) flat positions in the gh x gw grid
+    first = next(i for i in range(len(stage.blocks)) if stage.role(i) == 'stgm1')
+    index = stage.blocks[first].key_index  # (nW, 100) flat positions in the gh x gw grid
     t = stage.t
     local = w.mean(axis=2)[..., -index.shape[1]:]  # (B, nW, t*t, 100)
     b, nw, tt, _ = local.shape
@@ -198,6 +238,30 @@ def render(image, maps, assignment, patch, *, title='', columns=None, panel=None
   return sheet
 
 
+def render_strip(frames, assignments, patch, *, title='', panel=None):
+  """Two rows, one column per temporal token: the frame, and its hard assignment.
+
+  frames (D, H, W, 3) uint8, assignments (D, gh, gw). Returns (sheet, overlays)."""
+  colors = palette(int(assignments.max()) + 1)
+  overlays = [(0.45 * f.astype(np.float32) + 0.55 * _upsample(colors[a].astype(np.float32),
+                                                              patch)).astype(np.uint8)
+              for f, a in zip(frames, assignments)]
+  size = panel or frames.shape[1]
+  head, label = (22 if title else 0), 14
+  d = len(frames)
+  sheet = Image.new('RGB', (d * (size + 4) + 4, head + 2 * (size + label + 4) + 4), 'white')
+  draw = ImageDraw.Draw(sheet)
+  if title:
+    draw.text((6, 4), title, fill='black')
+  for t in range(d):
+    for row, (img, text) in enumerate(((frames[t], f'temporal token {t}'),
+                                       (overlays[t], 'hard assignment'))):
+      x, y = 4 + t * (size + 4), head + 4 + row * (size + label + 4)
+      draw.text((x, y), text, fill='black')
+      sheet.paste(Image.fromarray(img).resize((size, size), Image.LANCZOS), (x, y + label))
+  return sheet, overlays
+
+
 def build(name, init_from=None, seed=0, **overrides):
   from stvit_jax import models
   if not name.startswith(FAMILIES):
@@ -215,7 +279,11 @@ def main(argv=None):
   from stvit_jax.benchmark import parse_options
   parser = cli.ArgumentParser(prog='python -m stvit_jax.visualize', description=__doc__)
   parser.add_argument('--model', default='stvit_deit_small')
-  parser.add_argument('--image', required=True, help='any image file Pillow can read')
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--image', help='any image file Pillow can read')
+  source.add_argument('--video', help='video models: a video file (PyAV) or animated GIF')
+  parser.add_argument('--num_frames', type=int, default=16, help='frames of the clip (--video)')
+  parser.add_argument('--gif', help='--video: also write the strip as an animated GIF here')
   parser.add_argument('--out', required=True, help='PNG to write')
   parser.add_argument('--init_from', help='weights directory (python -m stvit_jax.convert)')
   parser.add_argument('--layer', type=int, default=None,
@@ -232,6 +300,12 @@ def main(argv=None):
   except ValueError as err:
     parser.error(str(err))
   size = getattr(model, 'img_size', 224)
+  video = _family(model) == 'video'
+  if video != bool(args.video):
+    parser.error(f'--model {args.model} takes ' + ('--video (a clip)' if video else
+                                                   '--image (video models take --video)'))
+  if video:
+    return _main_video(args, model, size)
   image = load_image(args.image, size)
   try:
     maps, patch = semantic_maps(model, normalise(image)[None], layer=args.layer,
@@ -247,6 +321,29 @@ def main(argv=None):
   sheet = render(image, maps[0], assignment, patch, title=title, panel=args.panel)
   sheet.save(args.out, optimize=True)
   print(f'wrote {args.out} ({sheet.width}x{sheet.height}): {title}')
+  return 0
+
+
+def _main_video(args, model, size):
+  try:
+    clip = load_clip(args.video, size, args.num_frames)
+    maps, patch = semantic_maps(model, normalise(clip)[None], layer=args.layer, unit=args.unit)
+  except ValueError as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2
+  assignments = hard_assignment(maps)  # (D, gh, gw)
+  step = args.num_frames // len(assignments)  # frames per temporal token (patch time 2)
+  source = args.init_from or f'untrained (seed {args.seed})'
+  title = (f'{args.model}, {source}: STGM layer {args.layer or 2}, {maps.shape[1]} semantic '
+           f'tokens per frame, {len(assignments)} temporal tokens')
+  sheet, overlays = render_strip(clip[::step][:len(assignments)], assignments, patch,
+                                 title=title, panel=args.panel)
+  sheet.save(args.out, optimize=True)
+  if args.gif:
+    first, *rest = [Image.fromarray(o) for o in overlays]
+    first.save(args.gif, save_all=True, append_images=rest, duration=250, loop=0)
+  print(f'wrote {args.out} ({sheet.width}x{sheet.height})'
+        + (f' and {args.gif}' if args.gif else '') + f': {title}')
   return 0
 
 

@@ -127,11 +127,17 @@ class WindowSemanticInit(nnx.Module):
 
 
 class SemanticStage(nnx.Module):
-  """Stage 3 of STViT-R (`recovery=True`) or STViT-Swin (`recovery=False`)."""
+  """Stage 3 of STViT-R (`recovery=True`) or STViT-Swin (`recovery=False`).
+
+  Without recovery, the first `stgm_after` blocks are Swin blocks (1 in the
+  image model). The video model (stvit_video_swin.py) reuses this stage with
+  time folded into the batch, through the `make_swin_block`, `swin_step` and
+  `semantic_step` hooks.
+  """
 
   def __init__(self, dim, depth, num_heads, grid, *, window, drop_paths, downsample,
                mlp_ratio=4.0, tokens_per_window=9, recovery=True, layer_scale_init=1e-5,
-               use_global_init=False, dtype, rngs):
+               use_global_init=False, stgm_after=1, dtype, rngs):
     layers.check_choice('tokens_per_window', tokens_per_window, (9, 16))
     t = {9: 3, 16: 4}[tokens_per_window]
     if recovery and depth % UNIT:
@@ -139,6 +145,14 @@ class SemanticStage(nnx.Module):
                        f'is not a multiple of {UNIT}')
     if not recovery and depth < 3:
       raise ValueError(f'STViT-Swin stage 3 needs depths[2] >= 3; got {depth}')
+    if recovery and stgm_after != 1:
+      raise ValueError(f'stgm_after={stgm_after}: with recovery the {UNIT}-block STViT-R '
+                       'unit fixes it at 1')
+    if not recovery and not 1 <= stgm_after <= depth - 2:
+      raise ValueError(f'stgm_after={stgm_after} is beyond the stage depth: stage 3 has '
+                       f'{depth} blocks and the STGM takes 2 after them, so stgm_after '
+                       f'must be in 1..{depth - 2}')
+    self.stgm_after = stgm_after
     self.grid, self.recovery, self.t = grid, recovery, t
     side = grid[0] // window * t  # semantic grid side: 6 or 8
     self.semantic_grid = (side, side)
@@ -153,9 +167,9 @@ class SemanticStage(nnx.Module):
     for i in range(depth):
       role = self.role(i)
       if role == 'swin':
-        blocks.append(swin.SwinBlock(dim, num_heads, grid, window=window, shift=0,
-                                     mlp_ratio=mlp_ratio, drop_path=drop_paths[i],
-                                     dtype=dtype, rngs=rngs))
+        blocks.append(self.make_swin_block(i, dim, num_heads, grid, window=window,
+                                           mlp_ratio=mlp_ratio, drop_path=drop_paths[i],
+                                           dtype=dtype, rngs=rngs))
       elif role == 'stgm1':
         blocks.append(WindowSemanticInit(
             dim, num_heads, grid, window=window, tokens_per_window=t,
@@ -170,22 +184,38 @@ class SemanticStage(nnx.Module):
     self.downsample = (swin.PatchMerging(dim, merge_grid, dtype=dtype, rngs=rngs)
                        if downsample else None)
 
+  def make_swin_block(self, i, dim, num_heads, grid, *, window, mlp_ratio, drop_path,
+                      dtype, rngs):
+    del i
+    return swin.SwinBlock(dim, num_heads, grid, window=window, shift=0, mlp_ratio=mlp_ratio,
+                          drop_path=drop_path, dtype=dtype, rngs=rngs)
+
   def role(self, i):
     """What block i does: swin, stgm1, stgm2, local, global or recovery."""
     if self.recovery:
       return ('swin', 'stgm1', 'stgm2', 'local', 'global', 'recovery')[i % UNIT]
-    if i < 3:
-      return ('swin', 'stgm1', 'stgm2')[i]
-    return 'local' if i % 2 == 1 else 'global'
+    k = self.stgm_after
+    if i <= k + 1:
+      return 'swin' if i < k else ('stgm1', 'stgm2')[i - k]
+    return 'local' if (i - k) % 2 == 0 else 'global'
 
-  def __call__(self, x, *, train, aux):
+  def swin_step(self, block, x, *, train, frames):
+    del frames  # images: one frame per batch entry
+    return block(x, train=train)
+
+  def semantic_step(self, role, block, s, *, train, frames):
+    del role, frames
+    return block(s, train=train)[0]
+
+  def __call__(self, x, *, train, aux, frames=1):
+    """x (B*frames, H*W, C): video models fold `frames` time steps into the batch."""
     aux.setdefault('semantic_tokens', [])
     aux.setdefault('stgm_attn', [])
     s = None
     for i, block in enumerate(self.blocks):
       role = self.role(i)
       if role == 'swin':
-        x = block(x, train=train)
+        x = self.swin_step(block, x, train=train, frames=frames)
       elif role == 'stgm1':
         s, weights = block(x, train=train)
         aux['stgm_attn'].append(weights)
@@ -197,7 +227,7 @@ class SemanticStage(nnx.Module):
       elif role == 'recovery':
         x, _ = block(x, s, train=train)
       else:
-        s, _ = block(s, train=train)
+        s = self.semantic_step(role, block, s, train=train, frames=frames)
     if not self.recovery:  # only the semantic grid continues
       x = s
     features = x.reshape(x.shape[0], *(self.grid if self.recovery else self.semantic_grid), -1)
