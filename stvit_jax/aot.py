@@ -29,10 +29,9 @@ import time
 from absl import flags
 import jax
 import numpy as np
-from flax import nnx
 from ml_collections import config_flags
 
-from stvit_jax import cli, optim, sharding, train
+from stvit_jax import cli, sharding, train
 from stvit_jax.data import pipeline
 
 INSTALL = ("pip install 'stvit_jax[tpu]'  (or pip install 'libtpu==0.0.42.*', the libtpu "
@@ -147,37 +146,18 @@ def tpu_devices(topology):
 
 
 def build_train_step(config, mesh):
-  """The trainer's jitted train step and its abstract, sharded inputs on `mesh`.
-
-  Built from the same pieces as `train.train_and_evaluate` (model, optimizer,
-  state, sharding rules, jit arguments), without data or checkpoints.
-  """
-  num_classes = config.model.num_classes
-  info = pipeline.DatasetInfo(num_classes=num_classes, num_train=IMAGENET_TRAIN,
+  """The trainer's jitted train step and its abstract, sharded inputs on `mesh`:
+  `train.build`, as `train.train_and_evaluate` runs it, without data or checkpoints."""
+  info = pipeline.DatasetInfo(num_classes=config.model.num_classes, num_train=IMAGENET_TRAIN,
                               num_eval=IMAGENET_EVAL)
   train.check_config(config, info, mesh)
   # ImageNet's epoch length: only the schedule's constants depend on it, not the
   # program's shapes, memory or FLOPs.
-  steps = train.schedule_steps(config, max(1, IMAGENET_TRAIN // config.batch_size))
-  schedule = optim.learning_rate(config, steps.total, steps.warmup)
-  tx = optim.make(config, schedule)
-
-  graphdef, _, _, abs_rngs = train.split(nnx.eval_shape(lambda: train.create_model(config)))
-  apply = train.make_apply(graphdef, train.placeholder_rngs(abs_rngs))
-  state, shardings = train.abstract_state(train.make_init_state(config, tx), mesh,
-                                          config.sharding_rules)
-  batch_sharding = sharding.batch_sharding(mesh)
-  if train.input_kind(config) == 'video':  # clips of config.data.num_frames frames
-    size = config.model.img_size
-    specs = {'video': ((config.batch_size, config.data.num_frames, size, size, 3), np.float32),
-             'label': ((config.batch_size,), np.int32)}
-  else:  # uint8 images, as the image pipeline ships them
-    specs = pipeline.batch_spec(config.data, config.batch_size)
-  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-           for k, (shape, dtype) in specs.items()}
-  step = train.jit_train_step(train.make_train_step(config, apply, tx, schedule, num_classes),
-                              mesh, shardings)
-  return step, state, batch
+  trainer = train.build(config, mesh,
+                        pipeline.batch_spec(config.data, config.batch_size,
+                                            train.input_kind(config)),
+                        steps_per_epoch=max(1, IMAGENET_TRAIN // config.batch_size))
+  return trainer.train_step, trainer.abstract, trainer.batch_spec
 
 
 def compile_train_step(config, topology):

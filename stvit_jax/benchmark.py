@@ -1,7 +1,12 @@
 """Side-by-side speed table of several models, measured in one run.
 
     python -m stvit_jax.benchmark --models deit_small,stvit_deit_small,swin_small,stvit_r_swin_small \
-        --batch 1,64 [--dtype bfloat16] [--train] [--json rows.json]
+        --batch 1,64 [--dtype bfloat16] [--train [--recipe ema_decay=0.9999]] [--json rows.json]
+
+--train times the trainer's own step (`train.build`, as `train_and_evaluate` runs
+it): the paper's recipe of `configs/common.py` (Mixup / CutMix, label smoothing,
+gradient clipping, AdamW; `--recipe` changes any training config field, e.g.
+`optim.grad_accum_steps=2`), on random batches of the data side's batch spec.
 
 Each (model, batch) is compiled once ahead of time (the compile time is
 reported), warmed up, then timed with `block_until_ready` in `--rounds`
@@ -10,6 +15,7 @@ large matmul of the same dtype, so that machine drift (other jobs, clock
 changes) hits every model and the peak alike. Rows per case:
 
   img/s      median over rounds; `spread` is (max - min) / median over rounds
+  img/CPU-s  images per CPU-second of this process (robust to other jobs' load)
   ms/batch   median time of one call (the latency at batch 1)
   speed-up   img/s against the first model at the same batch: the median over
              rounds of the per-round ratio (each round times both close together)
@@ -43,6 +49,7 @@ if __name__ == '__main__' and '--input' not in sys.argv:  # model timing only (t
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -54,9 +61,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stvit_jax import cli, cpu_allocator, flops
+from stvit_jax import cli, cpu_allocator, flops, sharding
 
 DTYPES = ('float32', 'bfloat16')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: configs/
 
 
 @dataclass
@@ -69,14 +77,17 @@ class Case:
   macs_per_image: float = 0.0
   compile_s: float = 0.0
   memory_bytes: int | None = None
+  recipe: str = ''           # what the train step does (train cases)
   seconds: list = field(default_factory=list)  # one entry per round: seconds per call
+  cpu_seconds: list = field(default_factory=list)  # process CPU seconds per call, per round
 
   def run(self, calls):
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = None
     for _ in range(calls):
       out = self.step()
     jax.block_until_ready(out)
+    self.last_cpu = (time.process_time() - cpu) / calls
     return (time.perf_counter() - start) / calls
 
 
@@ -98,59 +109,96 @@ def _compile(fn, *args, donate=()):
 
 
 def model_case(name, batch, *, dtype='float32', train=False, image_size=224,
-               num_classes=1000, seed=0, num_frames=32, **overrides):
+               num_classes=1000, seed=0, num_frames=32, recipe=None, **overrides):
   """Builds, compiles and returns a `Case` for `models.create(name)` at `batch`
-  (images, or clips of `num_frames` frames for video models: then img/s is clips/s)."""
+  (images, or clips of `num_frames` frames for video models: then img/s is clips/s).
+
+  train=True times the trainer's own step (`train.build`): the paper's recipe
+  (`configs/common.py`: Mixup / CutMix, label smoothing, gradient clipping, AdamW)
+  with `recipe` ({'optim.grad_accum_steps': 2, 'ema_decay': 0.999, ...}) applied.
+  """
   from stvit_jax import models  # the registry imports every family: only when needed
+  if train:
+    return _train_case(name, batch, dtype=dtype, image_size=image_size,
+                       num_classes=num_classes, seed=seed, recipe=recipe or {}, **overrides)
   model = models.create(name, dtype=dtype, seed=seed, num_classes=num_classes,
                         img_size=image_size, **overrides)
   macs = flops.model_macs(model, image_size, num_frames=num_frames)
   rng = np.random.default_rng(seed)
-  frames = (num_frames,) if getattr(model, 'input_kind', 'image') == 'video' else ()
-  images = jnp.asarray(rng.standard_normal((batch, *frames, image_size, image_size, 3),
-                                           np.float32))
-  if not train:
-    graphdef, state = nnx.split(model)
+  spec = models.example_input(name, batch, image_size, frames=num_frames)
+  images = jnp.asarray(rng.standard_normal(spec.shape, np.float32))
+  graphdef, state = nnx.split(model)
 
-    def forward(state, images):
-      logits, _ = nnx.merge(graphdef, state)(images, train=False)
-      return logits
+  def forward(state, images):
+    logits, _ = nnx.merge(graphdef, state)(images, train=False)
+    return logits
 
-    compiled, seconds = _compile(forward, state, images)
-    step = lambda: compiled(state, images)  # noqa: E731
-    mult = 2
-  else:
-    compiled, seconds, step = _train_case(model, images, num_classes, rng)
-    mult = 6  # forward 2 * MACs, backward twice the forward
-  return Case(f'{name}', batch, step, mult * macs * batch, macs, seconds, _memory(compiled))
+  compiled, seconds = _compile(forward, state, images)
+  step = lambda: compiled(state, images)  # noqa: E731
+  return Case(f'{name}', batch, step, 2 * macs * batch, macs, seconds, _memory(compiled))
 
 
-def _train_case(model, images, num_classes, rng):
-  """A full training step: forward, backward, AdamW update, state donated."""
-  import optax
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optax.adamw(1e-4, weight_decay=0.05)
-  labels = jnp.asarray(rng.integers(0, num_classes, images.shape[0]), jnp.int32)
+def train_config(name, batch, *, dtype, image_size, num_classes, seed, recipe, **overrides):
+  """The paper's ImageNet recipe for model `name` at global batch `batch`, with `recipe`
+  ({'a.b': value}) applied: what `benchmark --train` times."""
+  if ROOT not in sys.path:
+    sys.path.append(ROOT)  # configs/ is not part of the installed package
+  from configs import common  # pylint: disable=g-import-not-at-top
+  config = common.base(name, dataset='imagenet2012', num_classes=num_classes,
+                       img_size=image_size, **overrides)
+  config.seed, config.batch_size, config.model.dtype = seed, batch, dtype
+  config.total_steps, config.warmup_steps = 1000, 0
+  for key, value in recipe.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f'--recipe {key}: the training config has no {key!r}; valid: '
+                       f'{", ".join(sorted(node.keys()))}')
+    node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+  return config
 
-  def loss_fn(params, rest, images, labels):
-    model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(images, train=True)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    return loss.mean(), nnx.state(model, nnx.Not(nnx.Param))  # batch statistics, rngs
 
-  def train_step(carry, images, labels):
-    params, rest, opt_state = carry
-    (_, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, images, labels)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), rest, opt_state
-
-  carry = [(params, rest, tx.init(params))]
-  compiled, seconds = _compile(train_step, carry[0], images, labels, donate=(0,))
+def _train_case(name, batch, *, seed, recipe, **options):
+  """The trainer's jitted train step (`train.build`) on one device, state donated."""
+  from stvit_jax import train  # pylint: disable=g-import-not-at-top
+  from stvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = train_config(name, batch, seed=seed, recipe=recipe, **options)
+  mesh = sharding.make_mesh(config, devices=jax.devices()[:1])  # one device, as every case
+  train.check_config(config, pipeline.DatasetInfo(config.model.num_classes, 0, 0), mesh)
+  trainer = train.build(config, mesh, pipeline.batch_spec(config.data, batch),
+                        steps_per_epoch=1000)
+  rng = np.random.default_rng(seed)
+  batch_data = {}
+  for key, spec in trainer.batch_spec.items():
+    if key == 'label':
+      batch_data[key] = rng.integers(0, config.model.num_classes, spec.shape).astype(spec.dtype)
+    else:
+      batch_data[key] = rng.standard_normal(spec.shape).astype(spec.dtype)
+  batch_data = jax.device_put(batch_data, trainer.batch_spec['label'].sharding)
+  start = time.perf_counter()
+  compiled = trainer.lower().compile()
+  seconds = time.perf_counter() - start
+  carry = [(trainer.initial_state(), None)]
 
   def step():
-    carry[0] = compiled(carry[0], images, labels)
+    carry[0] = compiled(carry[0][0], batch_data)
     return carry[0]
-  return compiled, seconds, step
+
+  model = nnx.eval_shape(lambda: train.create_model(config))
+  macs = flops.model_macs(model, config.model.img_size)
+  # forward 2 * MACs, backward twice the forward
+  return Case(name, batch, step, 6 * macs * batch, macs, seconds, _memory(compiled),
+              recipe=describe_recipe(config))
+
+
+def describe_recipe(config):
+  mix = config.mixup
+  return (f'mixup {mix.mixup_alpha}/cutmix {mix.cutmix_alpha} p={mix.prob}, '
+          f'smoothing {mix.label_smoothing}, clip {config.optim.grad_clip_norm}, '
+          f'accum {config.optim.grad_accum_steps}, EMA {config.ema_decay or "off"}, '
+          f'drop_path {config.model.get("drop_path_rate", 0)}')
 
 
 def matmul_case(dtype='float32', n=None):
@@ -178,18 +226,17 @@ def measure(cases, *, rounds=5, warmup=2, min_time=1.0, log=None):
     order = cases if r % 2 == 0 else cases[::-1]
     for case in order:
       case.seconds.append(case.run(calls[case.name, case.batch]))
+      case.cpu_seconds.append(case.last_cpu)
     if log:
       log(f'round {r + 1}/{rounds}: ' + ', '.join(
           f'{c.name}@{c.batch} {c.batch / c.seconds[-1]:.1f}/s' for c in cases))
 
 
 def dense_counterpart(name):
-  """'stvit_deit_small' -> 'deit_small', 'stvit_r_swin_small' / 'stvit_swin_small' ->
-  'swin_small'; None for a model that is not an STViT."""
-  for prefix in ('stvit_r_', 'stvit_'):
-    if name.startswith(prefix):
-      return name[len(prefix):]
-  return None
+  """The registry's dense counterpart of model `name` ('stvit_deit_small' -> 'deit_small'),
+  or None for a model that is not an STViT."""
+  from stvit_jax import models
+  return models.dense_counterpart(name)
 
 
 def _paired_ratio(rates, base):
@@ -213,6 +260,8 @@ def rows(cases, peak_case):
     out.append(dict(
         model=case.name, batch=case.batch, images_per_s=ips,
         spread=(max(rates) - min(rates)) / ips, ms_per_batch=per_call * 1e3,
+        images_per_cpu_s=(case.batch / statistics.median(case.cpu_seconds)
+                          if case.cpu_seconds else None),
         speedup=speedup, vs_dense=None if dense is None else _paired_ratio(rates, dense),
         gmacs=case.macs_per_image / 1e9,
         gflops_per_s=achieved / 1e9, fraction_of_peak=achieved / peak,
@@ -224,7 +273,8 @@ def rows(cases, peak_case):
 
 COLUMNS = (  # header, row key, format
     ('model', 'model', '{}'), ('batch', 'batch', '{}'), ('img/s', 'images_per_s', '{:.1f}'),
-    ('spread', 'spread', '{:.0%}'), ('ms/batch', 'ms_per_batch', '{:.1f}'),
+    ('spread', 'spread', '{:.0%}'), ('img/CPU-s', 'images_per_cpu_s', '{:.1f}'),
+    ('ms/batch', 'ms_per_batch', '{:.1f}'),
     ('speed-up', 'speedup', '{:.2f}x'), ('vs dense', 'vs_dense', '{:.2f}x'),
     ('GMACs', 'gmacs', '{:.2f}'),
     ('GFLOP/s', 'gflops_per_s', '{:.1f}'), ('%peak', 'fraction_of_peak', '{:.0%}'),
@@ -268,7 +318,11 @@ def main(argv=None):
   parser.add_argument('--batch', type=_ints, default=[1, 64], help='comma-separated batch sizes')
   parser.add_argument('--dtype', choices=DTYPES, default='float32', help='compute dtype')
   parser.add_argument('--train', action='store_true',
-                      help='time a training step (forward, backward, AdamW) instead of inference')
+                      help="time the trainer's own train step (train.build: the paper's recipe, "
+                      'Mixup / CutMix, label smoothing, clipping, AdamW) instead of inference')
+  parser.add_argument('--recipe', action='append', default=[], metavar='KEY=VALUE',
+                      help='with --train: a training config field, e.g. --recipe '
+                      'optim.grad_accum_steps=2 --recipe ema_decay=0.9999')
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--num_classes', type=int, default=1000)
   parser.add_argument('--num_frames', type=int, default=32,
@@ -292,6 +346,12 @@ def main(argv=None):
     parser.error(str(err))
   if 'img_size' in overrides or 'num_classes' in overrides:
     parser.error('set the input size and class count with --image_size / --num_classes')
+  try:
+    recipe = parse_options(args.recipe)
+  except ValueError as err:
+    parser.error(str(err).replace('model options', '--recipe options'))
+  if recipe and not args.train:
+    parser.error('--recipe sets training config fields: add --train')
   from stvit_jax import models
   unknown = [n for n in names if n not in models.names()]
   if unknown:
@@ -304,23 +364,37 @@ def main(argv=None):
   cases = []
   for batch in args.batch:
     for name in names:
-      case = model_case(name, batch, dtype=args.dtype, train=args.train,
-                        image_size=args.image_size, num_classes=args.num_classes,
-                        num_frames=args.num_frames, **overrides)
+      try:
+        case = model_case(name, batch, dtype=args.dtype, train=args.train,
+                          image_size=args.image_size, num_classes=args.num_classes,
+                          num_frames=args.num_frames, recipe=recipe, **overrides)
+      except ValueError as err:  # a bad --recipe / --set value, or batch vs accumulation
+        parser.error(str(err))
       log(f'compiled {name} batch {batch} in {case.compile_s:.1f}s')
       cases.append(case)
   peak_case = matmul_case(args.dtype, args.matmul)
   measure(cases + [peak_case], rounds=args.rounds, warmup=args.warmup,
           min_time=args.min_time, log=log)
   table, peak = rows(cases, peak_case)
-  mode = 'train step (fwd+bwd+AdamW)' if args.train else 'inference'
+  mode = ("the trainer's train step (train.build: fwd+bwd+AdamW)" if args.train
+          else 'inference')
   print(f'# {dev.device_kind} ({jax.default_backend()}), {args.dtype}, {mode}, '
         f'{args.image_size}px (video: {args.num_frames}-frame clips, img/s = clips/s), '
         f'{args.rounds} alternating rounds; jax {jax.__version__}')
   print(f'# malloc keeps freed memory (stvit_jax.cpu_allocator): {cpu_allocator.kept}')
   print(f'# measured peak: {peak_case.name} {args.dtype} = {peak / 1e9:.1f} GFLOP/s '
         f'(median of rounds)')
+  if args.train:
+    print(f'# train step: {cases[0].recipe}')
   print(format_table(table))
+  if args.train:  # training images/s of each STViT beside its dense counterpart
+    for row in table:
+      dense = next((r for r in table if r['batch'] == row['batch']
+                    and r['model'] == dense_counterpart(row['model'])), None)
+      if dense is not None:
+        print(f"# training, batch {row['batch']}: {row['model']} {row['images_per_s']:.1f} "
+              f"img/s, {dense['model']} {dense['images_per_s']:.1f} img/s: "
+              f"STViT / dense = {row['vs_dense']:.2f}x")
   device_peak = device_peak_memory()
   if device_peak is not None:
     print(f'# device peak memory in use (whole run): {device_peak / 2 ** 20:.0f} MiB')

@@ -30,14 +30,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from stvit_jax import cli, paths, runconfig, sharding
+from stvit_jax import cli, names, paths, runconfig
 
 ITEMS = ('params', 'train', 'meta')
 
 
 def param_shapes(params):
-  return {sharding._path_str(p): list(np.shape(x))  # pylint: disable=protected-access
-          for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  return {name: list(np.shape(x)) for name, x in names.flatten(params).items()}
 
 
 def describe(config, params):
@@ -254,11 +253,6 @@ def is_run_checkpoint(directory):
   return _find_step_dir(directory) is not None
 
 
-def _flat(tree):
-  return {sharding._path_str(p): x  # pylint: disable=protected-access
-          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def restore_on_host(path):
   """A saved pytree item as arrays on this host's first device, whatever the topology
   it was saved from (a raw restore would insist on the saving run's device layout)."""
@@ -279,22 +273,21 @@ def load_run_params(directory, params, batch_stats, current_meta):
   step_dir = _find_step_dir(directory)
   saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'meta')
   theirs, mine = saved['param_shapes'], current_meta['param_shapes']
-  new_head = {k for k in mine if k.split('/')[0] in ('head', 'head_dist')
-              and theirs.get(k) not in (None, mine[k])}
+  new_head = {k for k in mine
+              if k in theirs and names.head_is_replaced(k, theirs[k], mine[k])}
   check_same_model({'model': saved['model'],
                     'param_shapes': {k: v for k, v in theirs.items() if k not in new_head}},
                    {'model': current_meta['model'],
                     'param_shapes': {k: v for k, v in mine.items() if k not in new_head}},
                    step_dir)
-  flat = _flat(restore_on_host(step_dir / 'params'))
+  flat = names.flatten(restore_on_host(step_dir / 'params'))
 
   def fill(prefix, tree):
-    def one(path, x):
-      name = sharding._path_str(path)  # pylint: disable=protected-access
+    def one(name, x):
       if prefix == 'params' and name in new_head:
         return x
       return np.asarray(flat[f'{prefix}/{name}']).astype(x.dtype)
-    return jax.tree_util.tree_map_with_path(one, tree)
+    return names.map_with_names(one, tree)
 
   provenance = {'source': os.fspath(step_dir), 'model': saved['model'],
                 'step': saved['data_position']['next_step'],

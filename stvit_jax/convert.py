@@ -37,7 +37,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from stvit_jax import cli, convert_video, models, paths, weights
+from stvit_jax import cli, convert_video, models, names, paths, weights
 
 IGNORED = (  # buffers that the JAX models rebuild as numpy constants
     (re.compile(r'(^|\.)num_batches_tracked$'), 'BatchNorm step counter'),
@@ -49,27 +49,11 @@ WRAPPERS = ('model', 'state_dict', 'model_ema')
 FORMATS = ('.pth', '.pt', '.safetensors', '.npz')
 
 
-def _shift_stage(delta):
-  return lambda m: f'layers.{int(m.group(1)) + delta}.downsample.'
-
-
-# Module renames, (source regex, to model, model regex, to source); leaves are
-# translated afterwards. Names not matched by any rule are the same on both sides.
-RULES = {
-    'deit': [],
-    'swin/microsoft': [],
-    'swin/timm': [(r'^layers\.(\d+)\.downsample\.', _shift_stage(-1),
-                   r'^layers\.(\d+)\.downsample\.', _shift_stage(+1)),
-                  (r'^head\.fc\.', 'head.', r'^head\.', 'head.fc.')],
-    'stvit_r': [(r'^patch_embed\.proj\.2\.', 'patch_embed.proj.1.',
-                 r'^patch_embed\.proj\.1\.', 'patch_embed.proj.2.'),
-                (r'^layers\.2\.semantic_token2$', 'layers.2.global_init',
-                 r'^layers\.2\.global_init$', 'layers.2.semantic_token2')],
-    **convert_video.RULES,
-}
-FAMILIES = (('stvit_r_video_swin_', 'video_swin'), ('stvit_video_swin_', 'video_swin'),
-            ('video_swin_', 'video_swin'),('stvit_r_swin_', 'stvit_r'), ('stvit_swin_', 'stvit_r'),
-            ('stvit_deit_', 'deit'), ('swin_', 'swin'), ('deit_', 'deit'))
+# {'<family>/<layout>': module renames}, from the registry's family records (the
+# rules themselves live there, beside each family); Video Swin's from convert_video.
+RULES = {**{f'{fam.name}/{layout}': rules for fam in models.FAMILIES.values()
+            for layout, rules in fam.layouts.items()},
+         **convert_video.RULES}
 
 
 class ConversionError(ValueError):
@@ -86,10 +70,12 @@ class Conversion:
 
 
 def family_of(name):
-  for prefix, family in FAMILIES:
-    if name.startswith(prefix):
-      return family
-  raise ValueError(f'no name map for model {name!r}; valid models: {", ".join(models.names())}')
+  """The registry's `Family` of model `name`: its layouts are what convert reads."""
+  try:
+    return models.family(name)
+  except ValueError:
+    raise ValueError(f'no name map for model {name!r}; valid models: '
+                     f'{", ".join(models.names())}') from None
 
 
 def detect_layout(state_dict):
@@ -119,11 +105,11 @@ def source_kind(state_dict):
 
 
 def rules_for(name, state_dict, layout='auto'):
-  """(rules key, resolved layout) for model `name` and this source."""
+  """(RULES key, resolved layout) for model `name` and this source."""
   if layout not in LAYOUTS:
     raise ValueError(f'layout={layout!r} is not valid; choose one of {list(LAYOUTS)}')
-  family = family_of(name)
-  video = family == 'video_swin'
+  fam = family_of(name)
+  video = fam.input_kind == 'video'
   if video or layout in convert_video.LAYOUTS:
     if not video:
       raise ValueError(f'layout={layout!r} is a Video Swin layout; {name} is an image model')
@@ -135,13 +121,15 @@ def rules_for(name, state_dict, layout='auto'):
       raise ValueError(f'layout={layout!r} is not a Video Swin layout; choose one of '
                        f'{list(convert_video.LAYOUTS)}')
     return f'video_swin/{layout}', layout
-  if family != 'swin':
-    if layout == 'timm':
-      raise ValueError(f"layout='timm' exists only for swin_* models; {name} uses the "
-                       "authors' (Microsoft) layout: use --layout microsoft or auto")
-    return family, 'microsoft' if family == 'stvit_r' else None
-  layout = detect_layout(state_dict) if layout == 'auto' else layout
-  return f'swin/{layout}', layout
+  if layout == 'auto':  # one layout: it; several: detected from the names
+    layout = detect_layout(state_dict) if len(fam.layouts) > 1 else next(iter(fam.layouts))
+  elif layout not in fam.layouts:
+    having = sorted(f'{f.name}_*' for f in models.FAMILIES.values() if layout in f.layouts)
+    known = [k for k in fam.layouts if k is not None]
+    raise ValueError(f"layout={layout!r} exists only for {', '.join(having)} models; {name} "
+                     + (f"uses the {' or '.join(map(repr, known))} layout: use --layout "
+                        f"{known[0]} or auto" if known else 'has one layout: use --layout auto'))
+  return f'{fam.name}/{layout}', layout
 
 
 def _rename(name, rules, forward):
@@ -220,10 +208,6 @@ def resize_pos_embed(pos, num_tokens, num_prefix):
   return np.concatenate([prefix, grid.reshape(1, n * n, -1).astype(pos.dtype)], 1)
 
 
-def _is_head(target):
-  return target.split('/', 1)[1].split('.')[0] in weights.HEADS
-
-
 def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_prefix=None,
                        allow_fresh=()):
   """Maps `state_dict` ({name: array}) onto `targets` ({model weight: shape}).
@@ -259,13 +243,13 @@ def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_pr
       if tgt.endswith('pos_embed') and num_prefix is not None and array.shape[2:] == shape[2:]:
         array = resize_pos_embed(array, shape[1], num_prefix)
         notes.append(f'{src}: resized {value.shape[1]} -> {shape[1]} tokens (bicubic, antialias)')
-      elif replace_head and _is_head(tgt) and array.shape[:-1] == shape[:-1]:  # classes only
+      elif replace_head and names.head_is_replaced(tgt, array.shape, shape):
         ignored[src] = f'head replaced: source {tuple(value.shape)}, model {shape}'
         fresh.add(tgt)
         continue
       else:
         hint = (' (another resolution: pass img_size to resize it)' if tgt.endswith('pos_embed')
-                else ' (another class count: pass num_classes to replace it)' if _is_head(tgt)
+                else ' (another class count: pass num_classes to replace it)' if names.is_head(tgt)
                 else '')
         misshaped.append(f'  shape mismatch: {src} {tuple(value.shape)} -> {tgt} '
                          f'{tuple(array.shape)}, the model needs {shape}{hint}')
@@ -318,7 +302,7 @@ def plan(name, state_dict, *, num_classes=None, img_size=None, layout='auto', **
   if img_size is not None:
     kwargs['img_size'] = img_size
   abstract = nnx.eval_shape(lambda: models.create(name, **kwargs))
-  targets = {k: tuple(v.shape) for k, v in weights.flat_variables(abstract).items()}
+  targets = {k: tuple(v.shape) for k, v in names.weight_names(abstract).items()}
   num_prefix = None
   if img_size is not None and 'params/pos_embed' in targets:
     grid = abstract.img_size // abstract.patch_embed.patch_size
@@ -352,11 +336,9 @@ def convert(name, state_dict, **options):
 
 
 def _fill(model, conversion):
-  for collection, kind in weights.COLLECTIONS.items():
-    for path, var in nnx.to_flat_state(nnx.state(model, kind)):
-      key = f'{collection}/{".".join(map(str, path))}'
-      if key in conversion.arrays:
-        var.set_value(conversion.arrays[key])
+  for key, var in names.weight_variables(model).items():
+    if key in conversion.arrays:
+      var.set_value(conversion.arrays[key])
 
 
 def load_state_dict(path, key=None):
@@ -495,7 +477,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.model not in models.names():
     parser.error(f'--model {args.model!r} is not valid; choose one of {", ".join(models.names())}')
-  video = family_of(args.model) == 'video_swin'
+  video = family_of(args.model).input_kind == 'video'
   if args.inflate and not video:
     parser.error(f'--inflate builds video models; {args.model} is not one')
   if not (os.path.isfile(args.src) or (args.inflate and os.path.isdir(args.src))):

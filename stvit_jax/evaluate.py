@@ -14,9 +14,18 @@ import optax
 from stvit_jax import sharding
 
 
+def inputs_key(batch):
+  """The key of the model's input in a batch (or batch spec): its one entry besides
+  'label' and 'mask' ('image', 'video': the dataset table's example spec)."""
+  keys = [k for k in batch if k not in ('label', 'mask')]
+  if len(keys) != 1:
+    raise ValueError(f'a batch holds one input besides label / mask; got keys {list(batch)}')
+  return keys[0]
+
+
 def model_input(batch):
   """The model's input of a batch: 'video' clips or 'image's."""
-  return batch['video'] if 'video' in batch else batch['image']
+  return batch[inputs_key(batch)]
 
 
 def view_probabilities(apply_fn, variables, views):

@@ -19,11 +19,11 @@ import math
 import sys
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 from stvit_jax import cli
+from stvit_jax.models import registry
 
 
 def _shape(v):
@@ -102,7 +102,7 @@ def count_params(model) -> int:
 
 
 def model_macs(model, image_size: int = 224, batch: int = 1, num_frames: int = 32) -> int:
-  """MACs per image (per clip of `num_frames` frames for video models, whose
+  """MACs per image (per clip of `num_frames` frames for video models, whose family's
   `input_kind` is 'video') of `model(inputs, train=False) -> (logits, aux)`.
 
   Works on abstract models from `nnx.eval_shape`: nothing is computed or allocated.
@@ -111,8 +111,8 @@ def model_macs(model, image_size: int = 224, batch: int = 1, num_frames: int = 3
     raise ValueError(f'model_macs: batch={batch}, image_size={image_size} and '
                      f'num_frames={num_frames} must be >= 1')
   graphdef, state = nnx.split(model)
-  frames = (num_frames,) if getattr(model, 'input_kind', 'image') == 'video' else ()
-  images = jax.ShapeDtypeStruct((batch, *frames, image_size, image_size, 3), jnp.float32)
+  # The input's layout (images, clips) is the model family's, from the registry.
+  images = registry.example_input(model, batch, image_size, frames=num_frames)
   # Only logits are returned: aux outputs are by-products, not extra compute.
   macs = count_macs(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0], state, images)
   return macs // batch
@@ -162,7 +162,7 @@ def main(argv=None):
     params = count_params(model)
     macs = model_macs(model, args.image_size, num_frames=args.num_frames)
     results[name] = {'params': params, 'macs': macs, 'image_size': args.image_size}
-    if getattr(model, 'input_kind', 'image') == 'video':
+    if registry.input_kind(model) == 'video':
       results[name]['num_frames'] = args.num_frames
     extra = ''
     if args.pretrained:

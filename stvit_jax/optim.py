@@ -1,8 +1,9 @@
 """Optimizer of spec section 7: clip(5) -> AdamW with a decay mask, warm-up + cosine."""
 from __future__ import annotations
 
-import jax
 import optax
+
+from stvit_jax import names
 
 # Parameters named like this get no weight decay whatever their rank (timm's
 # `no_weight_decay()` of DeiT / Swin / STViT); all rank <= 1 parameters (biases,
@@ -11,15 +12,11 @@ NO_DECAY_NAMES = frozenset({'pos_embed', 'cls_token', 'dist_token', 'global_init
                             'relative_position_bias_table'})
 
 
-def _names(path):
-  return [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path]
-
-
 def decay_mask(params):
   """Tree of bools like `params`: True where weight decay applies."""
-  def decays(path, x):
-    return x.ndim >= 2 and not NO_DECAY_NAMES.intersection(_names(path))
-  return jax.tree_util.tree_map_with_path(decays, params)
+  def decays(name, x):
+    return x.ndim >= 2 and not NO_DECAY_NAMES.intersection(name.split('/'))
+  return names.map_with_names(decays, params)
 
 
 def learning_rate(config, total_steps, warmup_steps):
@@ -36,10 +33,7 @@ def learning_rate(config, total_steps, warmup_steps):
 
 def backbone_mask(params):
   """True for every parameter outside the classification head (`head.*`)."""
-  def outside(path, _):
-    top = path[0]
-    return str(getattr(top, 'key', getattr(top, 'name', top))) != 'head'
-  return jax.tree_util.tree_map_with_path(outside, params)
+  return names.map_with_names(lambda name, _: name.split('/')[0] != 'head', params)
 
 
 def make(config, schedule):

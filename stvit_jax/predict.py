@@ -136,8 +136,9 @@ def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
   def probabilities(model, images):
     return jax.nn.softmax(model(images, train=False)[0].astype('float32'), axis=-1)
 
+  from stvit_jax import models  # pylint: disable=g-import-not-at-top
   results = []
-  if getattr(model, 'input_kind', 'image') == 'video':
+  if models.registry.input_kind(model) == 'video':  # the family record says
     for f in files:
       p = np.asarray(probabilities(model, preprocess_clip(f, model, clips, crops))).mean(0)
       best = np.argsort(-p)[:top]

@@ -14,6 +14,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from stvit_jax import names
+
 AXES = ('data', 'fsdp')
 BATCH = P(AXES)  # the leading (batch) axis over all devices
 
@@ -48,12 +50,6 @@ def check_batch(name, batch_size, mesh):
                      f'{max(n, batch_size // n * n)}')
 
 
-def _path_str(path):
-  """'blocks/0/attn/qkv/kernel' for a pytree path; the Variable's `.value` is dropped."""
-  names = [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path]
-  return '/'.join(names[:-1] if names and names[-1] == 'value' else names)
-
-
 def spec_for(shape, rule, mesh):
   """PartitionSpec for one array under `rule` ('fsdp' | 'replicate')."""
   if rule == 'replicate':
@@ -76,17 +72,16 @@ def tree_shardings(tree, mesh, rules):
   parameter path) decides."""
   compiled = [(re.compile(pattern), rule) for pattern, rule in rules]
 
-  def one(path, x):
-    name = _path_str(path)
+  def one(name, x):
     for pattern, rule in compiled:
       if pattern.fullmatch(name):
         return NamedSharding(mesh, spec_for(np.shape(x), rule, mesh))
     raise ValueError(f'no sharding rule matches {name!r}; rules: {list(rules)}. '
                      "End config.sharding_rules with ('.*', 'replicate') or ('.*', 'fsdp').")
-  shardings = jax.tree_util.tree_map_with_path(one, tree)
+  shardings = names.map_with_names(one, tree)
   if logging.vlog_is_on(1):
-    for path, s in jax.tree_util.tree_leaves_with_path(shardings):
-      logging.vlog(1, '%s: %s', _path_str(path), s.spec)
+    for name, s in names.flatten(shardings).items():
+      logging.vlog(1, '%s: %s', name, s.spec)
   return shardings
 
 

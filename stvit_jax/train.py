@@ -1,5 +1,7 @@
-"""`train_and_evaluate(config, workdir)`: the training loop, used unchanged by the
-command line (main.py), the tests and the notebooks.
+"""`build(config, mesh, batch_spec)`: the trainer; `train_and_evaluate(config, workdir)`:
+the training loop, used unchanged by the command line (main.py), the tests and the
+notebooks. `aot`, `benchmark --train`, the tests and notebook 03 build the same
+`Trainer`; none assembles its own step.
 
 The model is used functionally: `nnx.split` once into a graph definition and
 states; the jitted steps `nnx.merge` inside. The train state is a dict
@@ -11,9 +13,11 @@ resumed run sees exactly the batches and random numbers of an uninterrupted one.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,9 +47,8 @@ def schedule_steps(config, steps_per_epoch):
 
 
 def input_kind(config):
-  """'image' or 'video': what config.model.name takes (models say so as `input_kind`)."""
-  from stvit_jax.models import registry  # pylint: disable=g-import-not-at-top
-  return getattr(registry._lookup(config.model.name)[0], 'input_kind', 'image')  # pylint: disable=protected-access
+  """'image' or 'video': what config.model.name takes (its family's record)."""
+  return models.family(config.model.name).input_kind
 
 
 def data_for(config):
@@ -94,8 +97,8 @@ def placeholder_rngs(abstract):
   return jax.tree.map(one, abstract)
 
 
-def make_train_step(config, apply, tx, schedule, num_classes):
-  """The pure train step: (state, batch) -> (state, metrics)."""
+def make_train_step(config, apply, tx, schedule, num_classes, inputs='image'):
+  """The pure train step: (state, batch) -> (state, metrics); the model reads batch[inputs]."""
   accum, ema_decay, mix = config.optim.grad_accum_steps, config.ema_decay, config.mixup
   skip_nonfinite = config.optim.get('skip_nonfinite', 0) > 0
   use_mixup = mix.prob > 0 and (mix.mixup_alpha > 0 or mix.cutmix_alpha > 0)
@@ -141,8 +144,7 @@ def make_train_step(config, apply, tx, schedule, num_classes):
     new = {'step': step + 1, 'params': optax.apply_updates(params, updates),
            'batch_stats': batch_stats, 'opt_state': opt_state}
     if ema_decay > 0:
-      new['ema'] = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
-                                state['ema'], new['params'])
+      new['ema'] = optax.incremental_update(new['params'], state['ema'], 1 - ema_decay)
     grad_norm = optax.tree.norm(grads)
     metrics = {'loss': loss, 'lr': schedule(step), 'grad_norm': grad_norm,
                **health.step_metrics(step, loss, grad_norm)}
@@ -182,6 +184,77 @@ def jit_train_step(train_step, mesh, shardings):
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """Everything that runs a config on a mesh, built once by `build`.
+
+  `train_step(state, batch) -> (state, metrics)` is the jitted step (state
+  donated); `eval_step(variables, batch) -> masked sums` the jitted evaluation;
+  `abstract` the train state as ShapeDtypeStructs carrying their `shardings`;
+  `batch_spec` one global batch likewise, split over all devices.
+  """
+  config: object
+  mesh: jax.sharding.Mesh
+  steps: Steps
+  schedule: Callable
+  tx: optax.GradientTransformation
+  graphdef: object
+  rngs: object           # stand-ins for the dropout rng streams (reseeded every step)
+  apply: Callable        # apply(variables, inputs, *, train, rng=None) -> (logits, stats)
+  init_state: Callable   # () -> a fresh, unplaced train state
+  abstract: dict
+  shardings: dict
+  batch_spec: dict
+  inputs: str            # the batch key the model reads ('image')
+  train_step: Callable
+  eval_step: Callable
+  meta: dict             # the model's identity in checkpoints (checkpoint.describe)
+
+  @property
+  def num_params(self):
+    return sum(int(np.prod(s)) for s in self.meta['param_shapes'].values())
+
+  def initial_state(self):
+    """A fresh train state, initialised in place on the mesh."""
+    return jax.jit(self.init_state, out_shardings=self.shardings)()
+
+  def lower(self):
+    """The train step lowered for the abstract state and batch (nothing is allocated)."""
+    return self.train_step.lower(self.abstract, self.batch_spec)
+
+
+def build(config, mesh, batch_spec, *, steps_per_epoch):
+  """The trainer of `config` on `mesh` for batches like `batch_spec`.
+
+  `batch_spec` ({key: (shape, dtype)} or ShapeDtypeStructs of one global batch)
+  comes from the data side (`pipeline.batch_spec`); `steps_per_epoch` turns the config's epochs into
+  steps (it changes the schedule's constants, not the program's shapes).
+  """
+  steps = schedule_steps(config, steps_per_epoch)
+  schedule = optim.learning_rate(config, steps.total, steps.warmup)
+  tx = optim.make(config, schedule)
+  graphdef, abs_params, _, abs_rngs = split(nnx.eval_shape(lambda: create_model(config)))
+  rngs = placeholder_rngs(abs_rngs)
+  apply = make_apply(graphdef, rngs)
+  init_state = make_init_state(config, tx)
+  abstract, shardings = abstract_state(init_state, mesh, config.sharding_rules)
+  inputs = evaluate.inputs_key(batch_spec)
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_spec = {k: jax.ShapeDtypeStruct(*((v.shape, v.dtype) if hasattr(v, 'shape') else v),
+                                        sharding=batch_sharding)
+                for k, v in batch_spec.items()}
+  num_classes = config.model.num_classes
+  train_step = jit_train_step(make_train_step(config, apply, tx, schedule, num_classes, inputs),
+                              mesh, shardings)
+  var_shardings = {'params': shardings['params'], 'batch_stats': shardings['batch_stats']}
+  eval_step = evaluate.make_eval_step(
+      lambda v, x: apply(v, device_augment.eval_images(x, config.data), train=False)[0],
+      num_classes=num_classes, mesh=mesh, variable_shardings=var_shardings)
+  return Trainer(config, mesh, steps, schedule, tx, graphdef, rngs, apply, init_state,
+                 abstract, shardings, batch_spec, inputs, train_step, eval_step,
+                 checkpoint.describe(config, abs_params))
+
+
 def check_config(config, info, mesh):
   """Fails early, naming the field, for settings that cannot work together."""
   for name in ('batch_size', 'eval_batch_size'):
@@ -216,39 +289,33 @@ def train_and_evaluate(config, workdir):
   data = data_for(config)
   info = data.dataset_info(config.data)
   check_config(config, info, mesh)
-  steps = schedule_steps(config, data.steps_per_epoch(config.data,
-                                                      global_batch_size=config.batch_size))
-  schedule = optim.learning_rate(config, steps.total, steps.warmup)
-  tx = optim.make(config, schedule)
-
-  graphdef, abs_params, _, abs_rngs = split(nnx.eval_shape(lambda: create_model(config)))
-  rngs = placeholder_rngs(abs_rngs)
-  apply = make_apply(graphdef, rngs)
-
-  init_state = make_init_state(config, tx)
-  abstract, shardings = abstract_state(init_state, mesh, config.sharding_rules)
+  trainer = build(config, mesh,
+                  pipeline.batch_spec(config.data, config.batch_size, input_kind(config)),
+                  steps_per_epoch=data.steps_per_epoch(config.data,
+                                                       global_batch_size=config.batch_size))
+  steps, shardings = trainer.steps, trainer.shardings
   run_config = runconfig.to_dict(config)
-  meta = {**checkpoint.describe(config, abs_params), 'config': run_config}
-  num_params = sum(int(np.prod(s)) for s in meta['param_shapes'].values())
+  meta = {**trainer.meta, 'config': run_config}
+  num_params = trainer.num_params
   state = None
   if not checkpoint.has_checkpoints(workdir):  # a fresh run: load init_from before writing
-    state = jax.jit(init_state, out_shardings=shardings)()
+    state = trainer.initial_state()
     if config.init_from:
-      state = init_from(config, state, graphdef, rngs, meta, shardings)
+      state = init_from(config, state, trainer.graphdef, trainer.rngs, meta, shardings)
 
   ckpt = checkpoint.Checkpointer(workdir, every_steps=steps.checkpoint_every,
                                  keep=config.checkpoint.keep,
                                  async_save=config.checkpoint.async_save)
   if state is None:
     try:
-      state = ckpt.restore(abstract, meta)
+      state = ckpt.restore(trainer.abstract, meta)
     except BaseException:
       ckpt.close()
       raise
     if state is None:  # step folders, but none that orbax lists as complete
-      state = jax.jit(init_state, out_shardings=shardings)()
+      state = trainer.initial_state()
       if config.init_from:
-        state = init_from(config, state, graphdef, rngs, meta, shardings)
+        state = init_from(config, state, trainer.graphdef, trainer.rngs, meta, shardings)
     else:
       logging.info('resuming from %s at step %d', ckpt.directory, int(state['step']))
   start = int(jax.device_get(state['step']))
@@ -259,12 +326,7 @@ def train_and_evaluate(config, workdir):
       json.dump(run_config, f, indent=1, sort_keys=True)
     logging.info('config: %s', paths_json)
 
-  train_step = jit_train_step(make_train_step(config, apply, tx, schedule, info.num_classes),
-                              mesh, shardings)
-  var_shardings = {'params': shardings['params'], 'batch_stats': shardings['batch_stats']}
-  eval_step = evaluate.make_eval_step(
-      lambda v, im: apply(v, device_augment.eval_images(im, config.data), train=False)[0],
-      num_classes=info.num_classes, mesh=mesh, variable_shardings=var_shardings)
+  train_step, eval_step = trainer.train_step, trainer.eval_step
 
   def run_eval(step):
     results = {}

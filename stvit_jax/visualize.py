@@ -33,9 +33,6 @@ from PIL import Image, ImageDraw, ImageOps
 
 from stvit_jax import cli
 
-FAMILIES = ('stvit_deit_', 'stvit_r_swin_', 'stvit_swin_', 'stvit_video_swin_',
-            'stvit_r_video_swin_')
-
 
 def load_image(path, size):
   """Any image file -> (size, size, 3) uint8: EXIF-rotated, RGB, short side
@@ -85,22 +82,31 @@ def normalise(image):
   return (image.astype(np.float32) / 255.0 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
 
 
-def _family(model):
-  from stvit_jax.models import stvit, stvit_swin, stvit_video_swin
-  if isinstance(model, stvit.STViT):
-    return 'deit'
-  if isinstance(model, stvit_video_swin.STViTVideoSwin):
-    return 'video'
-  if isinstance(model, stvit_swin.STViTSwin) and hasattr(model.layers[2], 'semantic_grid'):
-    return 'swin'
-  raise ValueError(f'{type(model).__name__} has no STGM to draw; use one of the '
-                   f'{", ".join(f + "*" for f in FAMILIES)} models')
+def _with_stgm():
+  from stvit_jax import models
+  return ', '.join(f'{f.name}_*' for f in models.FAMILIES.values() if f.stgm)
+
+
+def _is_video(model):
+  from stvit_jax import models
+  return models.registry.input_kind(model) == 'video'
+
+
+def _stgm(model):
+  """'global' (STViT-DeiT) or 'windowed' (STViT-Swin): the registry's record of the
+  family that built `model`."""
+  from stvit_jax import models
+  fam = models.family_of(model)
+  if fam is None or fam.stgm is None:
+    raise ValueError(f'{type(model).__name__} has no STGM to draw; use one of the '
+                     f'{_with_stgm()} models')
+  return fam.stgm
 
 
 def stgm_layers(model):
   """How many STGM attention maps the model returns per image, and what they are."""
-  family = _family(model)
-  if family == 'deit':
+  stgm = _stgm(model)
+  if stgm == 'global':
     return [f'layer {i + 1}' for i in range(model.stgm_depth)]
   stage = model.layers[2]
   units = sum(stage.role(i) == 'stgm1' for i in range(len(stage.blocks)))
@@ -115,12 +121,12 @@ def semantic_maps(model, images, *, layer=None, unit=0):
   float32, each token's map >= 0 and summing to 1 over the gh x gw patches,
   and the patch size in pixels.
   """
-  family = _family(model)
+  stgm = _stgm(model)
   attn = _stgm_attention(model, jnp.asarray(images, jnp.float32))
-  if family == 'video':  # clips (B, T, H, W, 3): maps per temporal token, (B*D, M, gh, gw)
+  if _is_video(model):  # clips (B, T, H, W, 3): maps per temporal token, (B*D, M, gh, gw)
     attn = [np.asarray(a).reshape(-1, *a.shape[2:]) for a in attn]
     images = images[:, 0]
-  if family == 'deit':
+  if stgm == 'global':
     depth = len(attn)
     layer = depth if layer is None else layer
     if not 1 <= layer <= depth:
@@ -264,9 +270,9 @@ def render_strip(frames, assignments, patch, *, title='', panel=None):
 
 def build(name, init_from=None, seed=0, **overrides):
   from stvit_jax import models
-  if not name.startswith(FAMILIES):
+  if not models.family(name).stgm:
     raise ValueError(f'--model={name!r} has no STGM to draw; choose a '
-                     f'{", ".join(f + "*" for f in FAMILIES)} model, e.g. stvit_deit_small')
+                     f'{_with_stgm()} model, e.g. stvit_deit_small')
   model = models.create(name, seed=seed, **overrides)
   if init_from:
     from stvit_jax import weights  # written by the converter; imported only when used
@@ -300,7 +306,7 @@ def main(argv=None):
   except ValueError as err:
     parser.error(str(err))
   size = getattr(model, 'img_size', 224)
-  video = _family(model) == 'video'
+  video = _is_video(model)
   if video != bool(args.video):
     parser.error(f'--model {args.model} takes ' + ('--video (a clip)' if video else
                                                    '--image (video models take --video)'))
@@ -314,8 +320,8 @@ def main(argv=None):
     parser.error(str(err))
   assignment = hard_assignment(maps)[0]
   source = args.init_from or f'untrained (seed {args.seed})'
-  layer = args.layer or (model.stgm_depth if _family(model) == 'deit' else 2)
-  which = f'STGM layer {layer}' + (f', unit {args.unit}' if _family(model) == 'swin' else '')
+  layer = args.layer or (model.stgm_depth if _stgm(model) == 'global' else 2)
+  which = f'STGM layer {layer}' + (f', unit {args.unit}' if _stgm(model) == 'windowed' else '')
   title = (f'{args.model}, {source}: {which}, {maps.shape[1]} semantic tokens; '
            'maps contrast-stretched per token, label: peak / uniform attention')
   sheet = render(image, maps[0], assignment, patch, title=title, panel=args.panel)

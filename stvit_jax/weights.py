@@ -19,42 +19,27 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from flax import nnx
+from flax import nnx, traverse_util
 
-from stvit_jax import paths
+from stvit_jax import names, paths
 
 WEIGHTS, PROVENANCE = 'weights', 'provenance.json'
-COLLECTIONS = {'params': nnx.Param, 'batch_stats': nnx.BatchStat}
-HEADS = ('head', 'head_dist')  # the leaves a class-count change may replace
-
-
-def flat_variables(model):
-  """{'params/a.0.b': array-like, 'batch_stats/...': ...} for every weight of `model`."""
-  flat = {}
-  for collection, kind in COLLECTIONS.items():
-    for path, var in nnx.to_flat_state(nnx.state(model, kind)):
-      flat[f'{collection}/{".".join(map(str, path))}'] = var.get_value()
-  return flat
+COLLECTIONS = names.COLLECTIONS
+HEADS = names.HEADS  # the leaves a class-count change may replace
+flat_variables = names.weight_names  # {'params/a.0.b': array-like, ...}
 
 
 def _nest(flat):
-  tree = {c: {} for c in COLLECTIONS}
-  for name, value in flat.items():
-    collection, path = name.split('/', 1)
-    node = tree[collection]
-    *parents, leaf = path.split('.')
-    for key in parents:
-      node = node.setdefault(key, {})
-    node[leaf] = value
-  return tree
+  """{'params/a.0.b': x} -> {'params': {'a': {'0': {'b': x}}}, 'batch_stats': {}} (orbax's
+  tree; every collection present, also when empty, as weights have always been saved)."""
+  tree = traverse_util.unflatten_dict(
+      {(name.split('/', 1)[0], *name.split('/', 1)[1].split('.')): v for name, v in flat.items()})
+  return {c: tree.get(c, {}) for c in COLLECTIONS}
 
 
 def _flatten_tree(tree):
-  flat = {}
-  for collection, sub in tree.items():
-    for path, leaf in jax.tree_util.tree_flatten_with_path(sub)[0]:
-      flat[f'{collection}/{".".join(str(k.key) for k in path)}'] = leaf
-  return flat
+  return {f'{c}/{".".join(p)}': x
+          for (c, *p), x in traverse_util.flatten_dict(tree).items()}
 
 
 def save_weights(directory, model, provenance: dict):
@@ -75,10 +60,6 @@ def save_weights(directory, model, provenance: dict):
 
 def read_provenance(directory):
   return json.loads((epath.Path(paths.absolute(directory)) / PROVENANCE).read_text())
-
-
-def _is_head(name):
-  return name.split('/', 1)[1].split('.')[0] in HEADS
 
 
 def load_weights(model, directory, *, replace_head=False, name=None, options=None) -> dict:
@@ -108,7 +89,8 @@ def load_weights(model, directory, *, replace_head=False, name=None, options=Non
   missing = sorted(set(current) - set(stored))
   unexpected = sorted(set(stored) - set(current))
   misshaped = sorted(k for k in set(current) & set(stored) if tuple(current[k].shape) != stored[k])
-  kept = [k for k in misshaped if replace_head and _is_head(k)]
+  kept = [k for k in misshaped
+          if replace_head and names.head_is_replaced(k, stored[k], current[k].shape)]
   misshaped = [k for k in misshaped if k not in kept]
   if missing or unexpected or misshaped:
     source = (read_provenance(directory).get('model')
@@ -125,7 +107,7 @@ def load_weights(model, directory, *, replace_head=False, name=None, options=Non
     lines += [f'  unexpected in the checkpoint: {k} {stored[k]}' for k in unexpected]
     lines += [f'  shape mismatch: {k} checkpoint {stored[k]} vs model {tuple(current[k].shape)}'
               for k in misshaped]
-    if any(_is_head(k) for k in misshaped):
+    if any(names.is_head(k) for k in misshaped):
       lines.append('  (a head of another class count loads with replace_head=True)')
     raise ValueError('\n'.join(lines))
 
@@ -137,12 +119,11 @@ def load_weights(model, directory, *, replace_head=False, name=None, options=Non
 
   restored = _flatten_tree(checkpointer.restore(
       path, _nest({k: abstract(k, v) for k, v in current.items()})))
-  for collection, kind in COLLECTIONS.items():
-    state = nnx.state(model, kind)
-    for p, var in nnx.to_flat_state(state):
-      name = f'{collection}/{".".join(map(str, p))}'
-      if name not in kept:
-        var.set_value(restored[name])
+  states = {collection: nnx.state(model, kind) for collection, kind in COLLECTIONS.items()}
+  for name, var in names.weight_variables(model, states).items():
+    if name not in kept:
+      var.set_value(restored[name])
+  for state in states.values():
     nnx.update(model, state)
   return read_provenance(directory) if (directory / PROVENANCE).exists() else {}
 

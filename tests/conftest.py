@@ -1,4 +1,5 @@
-"""Fixtures shared by test modules: the launch/ harness (tests/launch_harness.py)."""
+"""Fixtures shared by test modules: the embedded digits dataset, the launch/ harness
+(tests/launch_harness.py)."""
 import os
 import shutil
 import sys
@@ -7,6 +8,16 @@ import pytest
 
 from launch_harness import (FAKE_GCLOUD, FAKE_PYTHON3, FAKE_TRAINER, FAKE_UV, LAUNCH, ROOT,
                             Launcher, git, write_exe)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A TFDS data_dir with `stvit_digits` prepared, built once per test session (per
+  xdist worker) and shared by every test that trains on or reads the digits."""
+  from stvit_jax.data import digits  # pylint: disable=g-import-not-at-top
+  d = str(tmp_path_factory.mktemp('tfds'))
+  digits.prepared_builder(d)
+  return d
 
 
 @pytest.fixture(scope='module')

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
 from configs import quickstart  # noqa: E402
-from stvit_jax import checkpoint, models, train, weights  # noqa: E402
+from stvit_jax import checkpoint, models, names, train, weights  # noqa: E402
 
 TINY = dict(embed_dim=16, num_heads=2, depth=3, num_base_layers=1)
 
@@ -33,13 +33,8 @@ def tiny_config(data_dir, **model):
 
 def params_of(workdir, step):
   raw = checkpoint.restore_on_host(os.path.join(workdir, 'checkpoints', str(step), 'params'))
-  flat = checkpoint._flat(raw['params'])  # pylint: disable=protected-access
+  flat = names.flatten(raw['params'])
   return {k: np.asarray(v) for k, v in flat.items()}
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
 
 
 @pytest.fixture(scope='module')

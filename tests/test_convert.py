@@ -111,6 +111,7 @@ def random_state_dict(rows, seed=0, lazy=False):
   return {name: make(shape, dtype) for name, shape, dtype in rows}
 
 
+@pytest.mark.slow  # full-size state_dicts
 @pytest.mark.parametrize('size,params', [('s', 49_625_518), ('b', 87_812_336)])
 def test_official_stvit_r_names_convert_with_nothing_left(size, params):
   path = os.path.join(REFERENCE, f'stvit_r_swin_{size}_state_dict.txt')
@@ -139,6 +140,7 @@ def test_official_stvit_r_names_convert_with_nothing_left(size, params):
                                   sd['layers.2.blocks.5.layer_scale_2'])
 
 
+@pytest.mark.slow  # full-size state_dicts
 @pytest.mark.parametrize('file', sorted(MANIFEST['names']))
 def test_full_size_timm_names_convert_with_nothing_left(file):
   info = MANIFEST['names'][file]

@@ -2,19 +2,11 @@
 import concurrent.futures
 
 import numpy as np
-import pytest
 import tensorflow_datasets as tfds
 
 from stvit_jax.data import defaults
 from stvit_jax.data import digits
 from stvit_jax.data import pipeline
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  digits.prepared_builder(d)
-  return d
 
 
 def test_builds_offline_with_fixed_split(data_dir):

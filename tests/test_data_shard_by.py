@@ -6,18 +6,15 @@ import numpy as np
 import pytest
 
 from stvit_jax.data import defaults
-from stvit_jax.data import digits
 from stvit_jax.data import pipeline
 
 BATCH = 32  # global
 
 
 @pytest.fixture(scope='module')
-def cfg(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  digits.prepared_builder(d)
+def cfg(data_dir):
   c = defaults.data_config('stvit_digits')
-  c.data_dir = d
+  c.data_dir = data_dir
   c.crop_scale = (0.3, 1.0)  # random crops: rows only agree if their seeds agree
   return c
 

@@ -58,6 +58,7 @@ def model():
 # ------------------------------------------------------------------ parameters and shapes
 
 
+@pytest.mark.slow  # full-size models
 @pytest.mark.parametrize('name', ['stvit_r_swin_tiny', 'stvit_r_swin_small'])
 def test_parameters_match_classification_model(name):
   _, variant = registry.MODELS[name]

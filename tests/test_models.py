@@ -38,6 +38,7 @@ def abstract(name, **kw):
   return nnx.eval_shape(lambda: models.create(name, **kw))
 
 
+@pytest.mark.slow  # full-size models, traced
 @pytest.mark.parametrize('name', sorted(REFERENCE))
 def test_params_and_gmacs_match_the_paper(name):
   params, gmacs, tol = REFERENCE[name]
@@ -47,6 +48,7 @@ def test_params_and_gmacs_match_the_paper(name):
   assert flops.model_macs(model) / 1e9 == pytest.approx(gmacs, rel=tol)
 
 
+@pytest.mark.slow  # full-size models, traced
 def test_every_registered_model_builds_and_counts():
   for name in models.names():
     model = abstract(name, num_classes=10)
@@ -54,6 +56,7 @@ def test_every_registered_model_builds_and_counts():
     assert flops.model_macs(model) > 0
 
 
+@pytest.mark.slow  # full-size models, traced
 def test_stvit_deit_ablation_costs():
   """Paper ablation: STGM after 3 / 4 / 8 base layers costs 1.56 / 1.91 / 3.30 G."""
   for base, gmacs in ((3, 1.56), (4, 1.91), (8, 3.30)):

@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from stvit_jax import checkpoint, distributed
-from stvit_jax.data import digits
+from stvit_jax import checkpoint, distributed, names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -26,13 +25,6 @@ TINY = ['--config.model.embed_dim=32', '--config.model.num_heads=2', '--config.m
         '--config.warmup_steps=2', f'--config.checkpoint_every_steps={STEPS}',
         f'--config.eval_every_steps={STEPS}', '--config.log_every_steps=1']
 TIMEOUTS = {'STVIT_JAX_HEARTBEAT_TIMEOUT': '10', 'STVIT_JAX_INIT_TIMEOUT': '60'}
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp('tfds'))
-  digits.prepared_builder(d)  # once, before several processes would race to build it
-  return d
 
 
 def free_port():
@@ -77,7 +69,7 @@ def final_state(workdir):
   out = {}
   for item in ('params', 'train'):
     tree = checkpoint.restore_on_host(os.path.join(workdir, 'checkpoints', str(STEPS), item))
-    out.update({f'{item}/{p}': np.asarray(x) for p, x in checkpoint._flat(tree).items()})
+    out.update({f'{item}/{p}': np.asarray(x) for p, x in names.flatten(tree).items()})
   return out
 
 

@@ -121,12 +121,6 @@ def test_quick_tour(tmp_path, tiny_stvit_weights):
   assert (out / 'benchmark.txt').exists()
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-  """One TFDS data_dir for the fine-tuning runs: the first builds stvit_digits in it."""
-  return tmp_path_factory.mktemp('tfds')
-
-
 @pytest.fixture
 def converted_deit_tiny(tmp_path):
   """The converter's real output for a timm DeiT state_dict (the parity fixture: timm
@@ -142,9 +136,9 @@ def converted_deit_tiny(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('init_from', [False, True], ids=['scratch', 'init_from'])
-def test_finetune(tmp_path, digits_dir, init_from, request):
+def test_finetune(tmp_path, data_dir, init_from, request):
   workdir = tmp_path / 'run'
-  params = dict(TINY=True, WORKDIR=str(workdir), DATA_DIR=str(digits_dir))
+  params = dict(TINY=True, WORKDIR=str(workdir), DATA_DIR=str(data_dir))
   if init_from:
     params['INIT_FROM'] = str(request.getfixturevalue('converted_deit_tiny'))
   text, pngs, _ = execute('02_finetune.ipynb', tmp_path, **params)

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
 import imagenet_mock  # noqa: E402
-from stvit_jax import evaluate, optim, sharding, train  # noqa: E402
+from stvit_jax import evaluate, sharding, train  # noqa: E402
+from stvit_jax.data import pipeline  # noqa: E402
 
 SPLITS = {'train': 40, 'validation': 25}
 
@@ -79,16 +81,16 @@ def test_family_trains_two_steps_on_imagenet_pipeline(family, mock_imagenet, tmp
   assert json.load(open(tmp_path / 'summary.json'))['final_step'] == 2
 
 
+def _trainer(config, batch=16):
+  """The trainer train_and_evaluate builds (train.build), on one device."""
+  mesh = sharding.make_mesh(config, devices=jax.devices()[:1])
+  return train.build(config, mesh, pipeline.batch_spec(config.data, batch),
+                     steps_per_epoch=config.total_steps)
+
+
 def _setup(config):
-  """The pieces train_and_evaluate builds, on one device."""
-  graphdef, params, stats, rngs = train.split(train.create_model(config))
-  apply = train.make_apply(graphdef, train.placeholder_rngs(rngs))
-  schedule = optim.learning_rate(config, config.total_steps, config.warmup_steps)
-  tx = optim.make(config, schedule)
-  state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'batch_stats': stats,
-           'opt_state': tx.init(params)}
-  step = jax.jit(train.make_train_step(config, apply, tx, schedule, config.model.num_classes))
-  return state, step
+  trainer = _trainer(config)
+  return trainer.initial_state(), trainer.train_step
 
 
 def _tiny_quickstart(**extra):
@@ -127,6 +129,25 @@ def test_gradient_accumulation_matches_the_full_batch():
   assert abs(out[0][0] - out[1][0]) < 1e-5
   for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):
     np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_train_step_compiles_once_for_a_run_of_steps(monkeypatch):
+  """Retrace guard: new batches, steps and random numbers reuse the one compiled step,
+  with every option that adds state or control flow switched on."""
+  make = train.make_train_step
+  monkeypatch.setattr(train, 'make_train_step',
+                      lambda *a, **k: chex.assert_max_traces(make(*a, **k), n=1))
+  config = _tiny_quickstart(**{'optim.grad_accum_steps': 2, 'ema_decay': 0.9,
+                               'model.drop_path_rate': 0.1, 'mixup.prob': 1.0})
+  trainer = _trainer(config)
+  state = trainer.initial_state()
+  rng = np.random.default_rng(0)
+  for i in range(4):  # a chex assertion error on the second trace
+    batch = {k: (rng.integers(0, 10, s.shape) if k == 'label' else rng.normal(size=s.shape))
+             .astype(s.dtype) for k, s in trainer.batch_spec.items()}
+    state, metrics = trainer.train_step(state, sharding.to_global(batch, trainer.mesh))
+    assert np.isfinite(float(metrics['loss']))
+  assert int(state['step']) == 4 and 'ema' in state
 
 
 def test_stochastic_depth_depends_on_the_step_rng():

@@ -27,11 +27,6 @@ TINY = ['--config.model.embed_dim=32', '--config.model.num_heads=2', '--config.m
         f'--config.eval_every_steps={STEPS}', '--config.log_every_steps=1']
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
-
-
 def start(workdir, data_dir, *extra, devices=1):
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu')

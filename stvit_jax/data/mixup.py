@@ -7,12 +7,12 @@ of (rng, images, labels) and the static config only.
 """
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def soft_targets(labels, num_classes, label_smoothing=0.0):
   """timm one-hot with smoothing: off = s / N, on = 1 - s + s / N. float32 (b, N)."""
-  off = label_smoothing / num_classes
-  return jax.nn.one_hot(labels, num_classes) * (1.0 - label_smoothing) + off
+  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
 
 
 def _cutmix_box(rng, height, width, lam):
@@ -32,7 +32,9 @@ def _cutmix_box(rng, height, width, lam):
 
 
 def mixup_cutmix(rng, images, labels, *, num_classes, cfg):
-  """Returns (mixed images (b, H, W, C) in images.dtype, soft targets float32 (b, N)).
+  """Returns (mixed images in images.dtype, soft targets float32 (b, N)).
+
+  images (b, ..., H, W, C): images, or clips (b, T, H, W, C) whose frames share one box.
 
   cfg: mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing (static floats).
   """
@@ -48,13 +50,13 @@ def mixup_cutmix(rng, images, labels, *, num_classes, cfg):
   lam_mix = jax.random.beta(k_mix, mix_a, mix_a) if mix_a > 0 else 1.0
   lam_cut = jax.random.beta(k_cut, cut_a, cut_a) if cut_a > 0 else 1.0
   apply = jax.random.uniform(k_apply) < cfg.prob
-  height, width = images.shape[1], images.shape[2]
+  height, width = images.shape[-3], images.shape[-2]
   box, lam_box = _cutmix_box(k_box, height, width, lam_cut)
   # weight of the original image per pixel: 1 outside / 0 inside the box, or lambda.
   weight = jnp.where(use_cutmix, (~box).astype(jnp.float32), jnp.full(box.shape, lam_mix))
   lam = jnp.where(use_cutmix, lam_box, lam_mix)
   weight = jnp.where(apply, weight, 1.0)
   lam = jnp.where(apply, lam, 1.0).astype(jnp.float32)
-  w = weight[None, :, :, None].astype(images.dtype)
+  w = weight[:, :, None].astype(images.dtype)  # broadcasts over (b, [T,] H, W, C)
   mixed = images * w + images[::-1] * (1 - w)
   return mixed, targets * lam + targets[::-1] * (1.0 - lam)

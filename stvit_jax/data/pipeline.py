@@ -6,6 +6,9 @@ shuffle use seed f(seed, e); already consumed records are skipped before they
 are decoded; every example's augmentation is seeded by (seed, e, process,
 position in the epoch). So resuming is rebuilding with `start_step`.
 
+What a dataset is (builder, per-example transforms, example spec) is its row in
+`datasets.DATASETS`; everything here is the same for every row.
+
 `data.shard_by` says how processes share the data: 'process' (each reads its
 own even share of the split: the right thing for ImageNet on a pod) or
 'global' (every process reads the same shuffled stream of the whole split and
@@ -21,9 +24,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from stvit_jax.data import augment
-from stvit_jax.data import defaults
+from stvit_jax.data import datasets
 from stvit_jax.data import device_augment
-from stvit_jax.data import digits
 from stvit_jax.data import preprocess
 from stvit_jax.data import service
 
@@ -88,44 +90,9 @@ def _check_config(cfg):
       raise ValueError(f'data.{e}') from None
 
 
-def _missing_message(builder, cfg):
-  root = cfg.data_dir or tfds.core.constants.DATA_DIR
-  head = (f'TFDS dataset {builder.name!r} is not prepared in data.data_dir={root!r} '
-          f'(nothing at {builder.data_path}). ')
-  if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
-    return head + (
-        'It cannot be downloaded automatically. Put the files below in a manual_dir:\n'
-        f'  {" ".join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}\n'
-        f'then build it once with `tfds build {builder.name} '
-        f'--manual_dir=/path/to/manual_dir --data_dir={root}` and point data.data_dir at '
-        'that data_dir (local or gs://).')
-  return head + (f'Build it once with `tfds build {builder.name} --data_dir={root}`, '
-                 'or set data.data_dir to where it is already prepared (local or gs://).')
-
-
 def get_builder(cfg):
-  """A prepared TFDS builder for cfg.name; stvit_digits builds itself on first use."""
-  if cfg.name == digits.NAME:
-    return digits.prepared_builder(cfg.data_dir)
-  if cfg.name in defaults.VIDEO_DATASETS:
-    raise ValueError(f'data.name={cfg.name!r} is a video dataset, and this config trains an '
-                     'image model; use a video config (configs/video_*.py) or an image '
-                     f"dataset ('imagenet2012', '{digits.NAME}')")
-  try:
-    builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"data.name={cfg.name!r} is not a TFDS dataset; use 'imagenet2012', "
-                     f"'{digits.NAME}' or another TFDS image classification dataset") from e
-  if not builder.is_prepared():
-    raise FileNotFoundError(_missing_message(builder, cfg))
-  features = builder.info.features
-  if 'video' in features:
-    raise ValueError(f'data.name={cfg.name!r} holds videos, and this config trains an image '
-                     'model; use a video config (configs/video_*.py)')
-  if 'image' not in features or 'label' not in features:
-    raise ValueError(f'data.name={cfg.name!r} has features {list(features)}; '
-                     "an 'image' and a 'label' feature are needed")
-  return builder
+  """The prepared TFDS builder of `cfg.name`, from its row of the dataset table."""
+  return datasets.get(cfg.name).builder(cfg)
 
 
 def _num_examples(builder, split, field='split'):
@@ -134,10 +101,6 @@ def _num_examples(builder, split, field='split'):
   except (KeyError, ValueError) as e:
     raise ValueError(f'data.{field}={split!r} is not a split of {builder.name!r}; '
                      f'available: {sorted(builder.info.splits.keys())}') from e
-
-
-def _is_jpeg(builder):
-  return getattr(builder.info.features['image'], 'encoding_format', None) == 'jpeg'
 
 
 def dataset_info(cfg):
@@ -160,7 +123,8 @@ def _shard_by(cfg):
 
 def process_split(split, process_index, process_count, *, drop_remainder):
   """This process's contiguous, even share of `split` (a TFDS sub-split)."""
-  return tfds.even_splits(split, n=process_count, drop_remainder=drop_remainder)[process_index]
+  return tfds.split_for_jax_process(split, process_index=process_index,
+                                    process_count=process_count, drop_remainder=drop_remainder)
 
 
 def _layout(global_batch_size, process_index, process_count):
@@ -241,7 +205,7 @@ def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0
 
   keep=(i, n): the stream is of global batches of n * batch records, of which this
   process keeps rows [i * batch, (i + 1) * batch) (data.shard_by='global').
-  prep(record, seed) -> example dict (default: the image train transform).
+  prep(record, seed) -> example dict (default: the dataset table's train transform).
   """
   shuffle_seed = _seed(seed, epoch)
   ds = records if records is not None else _read(builder, split, cfg, shuffle_seed=shuffle_seed)
@@ -254,9 +218,7 @@ def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0
   base = tf.constant([_seed(seed, epoch, process_index, 1), _seed(seed, epoch, process_index, 2)],
                      tf.int64)
   if prep is None:
-    transform = preprocess.train_transform(cfg, _is_jpeg(builder))
-    prep = lambda ex, s: {'image': transform(ex['image'], s),  # pylint: disable=g-long-lambda
-                          'label': tf.cast(ex['label'], tf.int32)}
+    prep = datasets.get(cfg.name).train_transform(cfg, builder)
 
   def seeded(position, ex):
     return prep(ex, tf.random.experimental.stateless_fold_in(base, position))
@@ -275,17 +237,20 @@ def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0
   return ds.prefetch(prefetch).with_options(_options(cfg))
 
 
-def batch_spec(cfg, batch_size):
-  """{'image': ((b, H, W, 3), dtype), 'label': ((b,), int32)}: what the train iterator yields
-  (uint8 images unless data.normalize_on='host'); the eval iterator adds 'mask' float32."""
-  size = cfg.image_size
-  return {'image': ((batch_size, size, size, 3), np.dtype(device_augment.image_dtype(cfg))),
-          'label': ((batch_size,), np.dtype(np.int32))}
+def batch_spec(cfg, batch_size, input_kind='image'):
+  """{key: ((b, ...), dtype)} of a batch of `batch_size` as the train iterator yields it,
+  from the dataset table's example spec (the dataset's row, else that of the model's
+  input kind): uint8 images unless data.normalize_on='host'. The eval iterator adds
+  'mask' float32. The trainer is built from it (train.build); nothing is read."""
+  row = datasets.get(cfg.name, input_kind)
+  return {k: ((batch_size, *shape), np.dtype(dtype))
+          for k, (shape, dtype) in row.example_spec(cfg).items()}
 
 
 def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=None,
                    process_count=None, builder=None, prep=None):
-  """Infinite iterator of dict(image (b, H, W, 3), label int32 (b,)) from start_step.
+  """Infinite iterator of this process's rows of each global batch (`batch_spec`) from
+  start_step: numpy dicts, e.g. image float32 (b, H, W, 3), label int32 (b,).
 
   Images are uint8 (data.normalize_on='device', the default: the train step
   normalises and erases) or float32 normalised (normalize_on='host').
@@ -342,17 +307,15 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
   shares = [process_split(cfg.eval_split, i, n, drop_remainder=False) for i in range(n)]
   counts = [builder.info.splits[s].num_examples for s in shares]
   num_batches = math.ceil(max(counts) / b)
-  transform = preprocess.eval_transform(cfg, _is_jpeg(builder))
-  size = cfg.image_size
+  row = datasets.get(cfg.name)
+  transform = row.eval_transform(cfg, builder)
 
   ds = _read(builder, shares[p], cfg).map(
-      lambda ex: {'image': transform(ex['image']), 'label': tf.cast(ex['label'], tf.int32),
-                  'mask': tf.constant(1.0)},
+      lambda ex: {**transform(ex), 'mask': tf.constant(1.0)},
       num_parallel_calls=tf.data.AUTOTUNE)
-  dtype = tf.as_dtype(device_augment.image_dtype(cfg))
-  pad = tf.data.Dataset.from_tensors({'image': tf.zeros([size, size, 3], dtype),
-                                      'label': tf.constant(0, tf.int32),
-                                      'mask': tf.constant(0.0)})
+  pad = tf.data.Dataset.from_tensors({
+      **{k: tf.zeros(shape, dtype) for k, (shape, dtype) in row.example_spec(cfg).items()},
+      'mask': tf.constant(0.0)})
   ds = ds.concatenate(pad.repeat(num_batches * b - counts[p]))
   ds = ds.batch(b, drop_remainder=True).prefetch(cfg.prefetch or tf.data.AUTOTUNE)
   ds = ds.with_options(_options(cfg))

@@ -41,7 +41,8 @@ def key_window_index(grid, window):
         f'STViT-R key windows (10x10, stride 4) are defined for the 14x14 stage-3 grid of '
         f'224x224 inputs with window_size=7; got a {grid[0]}x{grid[1]} grid '
         f'(img_size={grid[0] * 16}) and window_size={window}. Use img_size=224, or '
-        "create(..., dense=True) for the dense backbone that takes any input size.")
+        "create(..., backbone=True) (formerly dense=True) for the detection backbone that "
+        "takes any input size.")
   starts = range(0, n - KEY_WINDOW + 1, KEY_STRIDE)
   idx = [[(r0 + r) * n + c0 + c for r in range(KEY_WINDOW) for c in range(KEY_WINDOW)]
          for r0 in starts for c0 in starts]
