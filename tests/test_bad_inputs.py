@@ -59,7 +59,7 @@ CASES = [
     ('main_unknown_field', run_main, [QS, '--workdir={out}', '--config.nope=1'],
      "unknown config field --config.nope: config has no 'nope'; valid fields there: batch_size"),
     ('main_unknown_nested_field', run_main, [QS, '--workdir={out}', '--config.model.nope=1'],
-     "config.model has no 'nope'; valid fields there: class_token"),
+     "config.model has no 'nope'; valid fields there: attention, class_token"),
     ('main_missing_config_file', run_main, ['--config=configs/nope.py', '--workdir={out}'],
      "--config=configs/nope.py: no such file 'configs/nope.py'; config files in configs:"),
     ('main_positional', run_main, [QS, '--workdir={out}', 'extra'],
