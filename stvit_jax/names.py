@@ -22,7 +22,11 @@ HEADS = ('head', 'head_dist')  # the classifier modules a class-count change may
 
 def path_name(path, sep='/'):
   """A pytree key path -> 'blocks/0/attn/qkv/kernel' (sep '/') or 'blocks.0...' (sep '.')."""
-  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == 'value':
+  # A Variable's `.value` (live state) or its 'value' entry (the same state restored
+  # from a checkpoint as plain dicts) is not part of the parameter's name.
+  last = path[-1] if path else None
+  if (isinstance(last, jax.tree_util.GetAttrKey) and last.name == 'value') or (
+      isinstance(last, jax.tree_util.DictKey) and last.key == 'value'):
     path = path[:-1]
   return jax.tree_util.keystr(tuple(path), simple=True, separator=sep)
 
