@@ -29,7 +29,6 @@ import time
 from absl import flags
 import jax
 import numpy as np
-from ml_collections import config_flags
 
 from stvit_jax import cli, sharding, train
 from stvit_jax.data import pipeline
@@ -253,9 +252,7 @@ FLAGS = flags.FLAGS
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
 flags.DEFINE_string('topology', None, 'TPU slice, e.g. v5e:4x4 (v5e-16), v5e:16x16 (v5e-256), '
                     'v6e:2x2, v4:2x2x4 (v4-32), v5p:2x2x1 (v5p-8).')
-config_flags.DEFINE_config_file('config', None, 'Training configuration file, with an '
-                                'optional :variant suffix.', lock_config=True)
-flags.mark_flags_as_required(['config', 'topology'])
+cli.define_config_flag()
 
 
 def main(argv):
@@ -275,7 +272,7 @@ def main(argv):
 
 def run(argv=None):
   """The command line, callable in-process (tests): returns the exit status."""
-  return cli.run_absl(main, cli.parse_flags, argv)
+  return cli.run_absl(main, cli.flags_parser('config', 'topology'), argv)
 
 
 if __name__ == '__main__':

@@ -98,8 +98,20 @@ class Checkpointer:
 
   def check_for_errors(self):
     """Raises cli.CheckpointError, in one line, if a background save has failed."""
-    try:
+    with self._save_errors():
       self.manager.check_for_errors()
+      # A failure in orbax's finalize thread is logged and cleared from
+      # check_for_errors by orbax itself; once no save is running, waiting returns
+      # at once and re-raises it.
+      if not self.manager.is_saving_in_progress():
+        self.manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """A failed background save surfaces in whichever manager call comes next
+    (check_for_errors, the next save, or the wait at close): one message for all."""
+    try:
+      yield
     except Exception as e:  # pylint: disable=broad-except
       raise cli.CheckpointError(f'saving a checkpoint to {self.directory} failed: '
                                 f'{_cause(e)}') from e
@@ -109,11 +121,12 @@ class Checkpointer:
     if not self.due(step, force=force):  # most steps: build nothing
       return False
     train = {k: v for k, v in state.items() if k not in ('params', 'batch_stats')}
-    saved = self.manager.save(step, force=force, args=ocp.args.Composite(
-        params=ocp.args.StandardSave({'params': state['params'],
-                                      'batch_stats': state['batch_stats']}),
-        train=ocp.args.StandardSave(train),
-        meta=ocp.args.JsonSave({**meta, 'data_position': {'next_step': step}})))
+    with self._save_errors():  # (waits for the previous save, which may have failed)
+      saved = self.manager.save(step, force=force, args=ocp.args.Composite(
+          params=ocp.args.StandardSave({'params': state['params'],
+                                        'batch_stats': state['batch_stats']}),
+          train=ocp.args.StandardSave(train),
+          meta=ocp.args.JsonSave({**meta, 'data_position': {'next_step': step}})))
     if saved:
       logging.info('checkpoint: saving step %d to %s', step, self.directory)
     return saved
@@ -189,7 +202,8 @@ class Checkpointer:
 
   def close(self, *, wait=True):
     if wait:
-      self.manager.wait_until_finished()
+      with self._save_errors():
+        self.manager.wait_until_finished()
     with contextlib.suppress(Exception):  # closing after a failure: the failure is reported
       self.manager.close()
     for sig, handler in self._previous_handlers.items():

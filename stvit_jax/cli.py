@@ -172,7 +172,27 @@ def run_absl(main, flags_parser, argv=None):
 
 # absl + ml_collections flags (main, aot): --config=FILE[:variants] and --config.a.b=v.
 
-def parse_flags(argv):
+def define_config_flag():
+  """Defines the shared --config flag once per process.
+
+  main and aot both take it; absl flags are global, so a process importing both
+  (the test suite) must not define it twice. Required flags are checked by
+  `parse_flags(required=...)` for the same reason: absl's own required-flag
+  validators would make one tool demand the other's flags.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  if 'config' not in flags.FLAGS:
+    config_flags.DEFINE_config_file('config', None, 'Training configuration file, with an '
+                                    'optional :variant suffix.', lock_config=True)
+
+
+def flags_parser(*required):
+  """A flags parser for `run_absl` that also requires the named flags."""
+  return lambda argv: parse_flags(argv, required=required)
+
+
+def parse_flags(argv, required=()):
   """FLAGS(argv); a bad flag raises UserError naming it and what is valid there.
 
   absl and ml_collections report an unknown `--config.a.b`, a value of the
@@ -196,7 +216,7 @@ def parse_flags(argv):
   saved_argv = sys.argv
   sys.argv = list(argv)  # ml_collections reads the --config.* overrides from sys.argv
   try:
-    return FLAGS(argv)
+    rest = FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError):
     if spec is None:
       raise
@@ -205,6 +225,10 @@ def parse_flags(argv):
     raise
   finally:
     sys.argv = saved_argv
+  for name in required:
+    if FLAGS[name].value is None:
+      raise UserError(f'--{name} is required')
+  return rest
 
 
 def _load_config(spec):

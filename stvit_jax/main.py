@@ -18,7 +18,6 @@ import sys
 from absl import flags
 from absl import logging
 import jax
-from ml_collections import config_flags
 
 from stvit_jax import cli
 from stvit_jax import distributed
@@ -31,32 +30,43 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard '
                     'summaries (local or gs://).')
-config_flags.DEFINE_config_file('config', None, 'Training configuration file, with an '
-                                'optional :variant suffix.', lock_config=True)
+cli.define_config_flag()
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a '
                     'multi-process run (default: $JAX_COORDINATOR_ADDRESS).')
 flags.DEFINE_integer('num_processes', None, 'Processes in the run (default: $JAX_NUM_PROCESSES).')
 flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (default: '
                      '$JAX_PROCESS_ID).')
-flags.mark_flags_as_required(['config', 'workdir'])
 
 
-parse_flags = cli.parse_flags
+parse_flags = cli.flags_parser('config', 'workdir')
 
 
-class QuietOrbaxInfo(std_logging.Filter):
-  """Drops orbax's INFO records (about a hundred lines per checkpoint save) so the
-  progress lines stay readable; its warnings and errors still show."""
+class QuietOrbax(std_logging.Filter):
+  """Keeps orbax's log readable: its INFO records (about a hundred lines per
+  checkpoint save) are dropped, and its errors -- with asyncio's about orbax's
+  tasks -- keep their first line but not their tracebacks (a failed save logs a
+  dozen), unless --verbose: the failure itself ends the run in one `error:` line."""
+
+  def __init__(self, verbose):
+    super().__init__()
+    self.verbose = verbose
 
   def filter(self, record):
-    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+    if '/orbax/' not in record.pathname and record.name != 'asyncio':
+      return True
+    if record.levelno <= std_logging.INFO:
+      return record.name == 'asyncio'
+    if not self.verbose:
+      record.msg, record.args = (record.getMessage().splitlines() or [''])[0], ()
+      record.exc_info = record.exc_text = record.stack_info = None
+    return True
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments {argv[1:]}: every option is a --flag '
                         '(--config.a.b=v for config fields)')
-  logging.get_absl_handler().addFilter(QuietOrbaxInfo())
+  logging.get_absl_handler().addFilter(QuietOrbax(cli.verbose()))
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   # Keep TensorFlow (the input pipeline) off the accelerators JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -198,7 +198,7 @@ def test_resize_matrix_is_identity_at_same_size_and_normalised():
 
 def test_layout_choice_errors():
   sd = state_dict('swin_tiny.timm.npz')
-  with pytest.raises(ValueError, match=r"layout='sideways' is not valid; choose one of \['auto', 'microsoft', 'timm'\]"):
+  with pytest.raises(ValueError, match=r"layout='sideways' is not valid; choose one of \['auto', 'microsoft', 'timm', 'original', 'mmaction2', 'torchvision'\]"):
     convert.rules_for('swin_tiny', sd, 'sideways')
   with pytest.raises(ValueError, match="exists only for swin_"):
     convert.rules_for('stvit_r_swin_small', sd, 'timm')

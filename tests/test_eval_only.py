@@ -19,7 +19,7 @@ sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 import imagenet_mock  # noqa: E402
 from configs import swin_s  # noqa: E402
 from stvit_jax import eval_only, models  # noqa: E402
-from stvit_jax.data import pipeline  # noqa: E402
+from stvit_jax.data import device_augment, pipeline  # noqa: E402
 from stvit_jax.models import catalogue  # noqa: E402
 from weights_server import Server, source_state_dict  # noqa: E402
 
@@ -66,7 +66,8 @@ def test_eval_mode_reports_measured_beside_expected(mock_imagenet, served_weight
   model = models.create('stvit_r_swin_small', pretrained=True, **TINY)
   losses, hits = [], []
   for batch in pipeline.eval_iterator(config.data, global_batch_size=8):
-    logits = np.asarray(model(batch['image'], train=False)[0], np.float64)
+    images = device_augment.eval_images(batch['image'], config.data)  # uint8 -> normalised
+    logits = np.asarray(model(images, train=False)[0], np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
                                                                            keepdims=True)) \
         - logits.max(1, keepdims=True)

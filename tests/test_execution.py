@@ -89,27 +89,29 @@ def test_depthwise_conv_equals_the_grouped_convolution(dtype):
 
 
 FAULTS = '''
-import resource, sys
+import ctypes, resource, sys
 from stvit_jax import cpu_allocator
 kept = cpu_allocator.keep_freed_memory() if sys.argv[1] == 'keep' else None
-import jax, jax.numpy as jnp
-from flax import nnx
-from stvit_jax import models
-graphdef, state = nnx.split(models.create('deit_small', embed_dim=96, num_heads=2, depth=2,
-                                          img_size=64))
-x = jnp.ones((64, 64, 64, 3))
-f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)[0]).lower(state, x).compile()
-for _ in range(3):
-  jax.block_until_ready(f(state, x))
+libc = ctypes.CDLL('libc.so.6')
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+size = 64 << 20  # above glibc's mmap threshold: by default an mmap block, unmapped on free
+def touch():  # allocate, write every page, free: what each XLA:CPU call does to a temporary
+  p = libc.malloc(size)
+  ctypes.memset(p, 1, size)
+  libc.free(p)
+touch()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
-  jax.block_until_ready(f(state, x))
-print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+touch()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 '''
 
 
-@pytest.mark.slow
 def test_kept_freed_memory_stops_per_call_page_faults():
+  """A freed 64 MiB block is reused without new page faults once memory is kept.
+
+  Deterministic counts (one thread, plain malloc): the model-level effect on
+  XLA:CPU's temporaries is measured by `python -m stvit_jax.benchmark`, not here."""
   import os, subprocess, sys  # noqa: E401
   env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env.pop('GLIBC_TUNABLES', None)
@@ -117,7 +119,6 @@ def test_kept_freed_memory_stops_per_call_page_faults():
                               capture_output=True, text=True).stdout.split()
          for mode in ('keep', 'default')}
   assert out['keep'][0] == 'True'
-  # A tiny DeiT at batch 64: the temporaries are page-faulted anew on every call by
-  # default and reused when kept (measured: 355-723 and 30 pages per call).
-  assert int(out['default'][1]) > 200
-  assert int(out['keep'][1]) * 4 < int(out['default'][1])
+  pages = (64 << 20) // 4096
+  assert int(out['default'][1]) >= pages * 0.9  # mmap'd anew: every 4 KiB page faults
+  assert int(out['keep'][1]) < pages * 0.1  # the kept heap is reused
