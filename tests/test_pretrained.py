@@ -205,9 +205,32 @@ def test_catalogue_entries_are_well_formed():
   assert entries['stvit_r_swin_base'].top1 == 83.2
   assert entries['swin_small'].address == \
       'hf://timm/swin_small_patch4_window7_224.ms_in1k/model.safetensors'
+  assert entries['video_swin_tiny'].address.endswith(
+      '/v1.0.4/swin_tiny_patch244_window877_kinetics400_1k.pth')
+  assert [entries[f'video_swin_{s}'].top1 for s in ('tiny', 'small', 'base')] == [78.8, 80.6, 80.6]
   for entry in entries.values():
-    assert pretrained.parse_hf(entry.address)[1] == entry.file
-    assert entry.top1 and entry.dataset.startswith('imagenet2012')
+    if entry.address.startswith('hf://'):
+      assert pretrained.parse_hf(entry.address)[1] == entry.file
+    video = models.family(entry.model).input_kind == 'video'
+    assert entry.top1 and entry.dataset.startswith('kinetics400' if video else 'imagenet2012')
+
+
+def test_video_swin_release_file_by_url(env, server):
+  """A file laid out as Video Swin's K400 releases ({'state_dict': backbone.*, cls_head.*},
+  torch-saved) loads by URL and gives the original code's logits."""
+  torch = pytest.importorskip('torch')
+  with np.load(os.path.join(FIXTURES, 'video_swin_tiny.npz')) as f:
+    release = {'meta': {}, 'state_dict': {k: torch.from_numpy(f[k]) for k in f.files}}
+  buf = io.BytesIO()
+  torch.save(release, buf)
+  server.files['vswin_tiny_k400.pth'] = buf.getvalue()
+  model = models.create('video_swin_tiny', pretrained=server.file_url('vswin_tiny_k400.pth'),
+                        num_classes=10, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
+  data = np.load(os.path.join(FIXTURES, 'video_swin_tiny.io.npz'))
+  logits = np.asarray(model(data['input'].astype(np.float32).transpose(0, 2, 3, 4, 1),
+                            train=False)[0])
+  scale = np.abs(data['logits']).max()
+  assert np.abs(logits - data['logits']).max() <= 1e-4 * scale
 
 
 def test_listing_and_download_command(env, server, capsys):

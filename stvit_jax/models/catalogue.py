@@ -8,7 +8,8 @@ fetch an entry through `stvit_jax.pretrained` (download, convert once, cache).
 `python -m stvit_jax.pretrained` lists the entries.
 
 Top-1 figures: the STViT-R ones are the authors' (model card / paper, 224 px,
-ImageNet-1k val); DeiT and Swin are timm's own measurement of these exact files
+ImageNet-1k val); Video Swin's are its README's (Kinetics-400 val, 4x3 views);
+DeiT and Swin are timm's own measurement of these exact files
 (`results/results-imagenet.csv` of huggingface/pytorch-image-models, 224 px,
 crop 0.9, bicubic). `sha256` is None where no checksum is published with the
 file: the download is then checked against nothing but its size, and the
@@ -65,6 +66,14 @@ def _timm(model, hub_name, top1):
                  _TIMM, license='apache-2.0')
 
 
+def _video_swin(model, stem, top1):
+  return Weights(model, 'https://github.com/SwinTransformer/storage/releases/download/v1.0.4/'
+                 f'{stem}_patch244_window877_kinetics400_1k.pth', 'pth', top1,
+                 'kinetics400 validation, 32x224x224, 4x3 views',
+                 'Video Swin README (github.com/SwinTransformer/Video-Swin-Transformer)',
+                 license='apache-2.0')
+
+
 BUILTIN = {w.model: w for w in [
     # The STViT authors' releases (github.com/changsn/STViT-R), in the authors' (Microsoft
     # Swin) names; the converter unwraps a 'model' / 'state_dict' entry if the file has one.
@@ -81,6 +90,11 @@ BUILTIN = {w.model: w for w in [
     _timm('swin_tiny', 'swin_tiny_patch4_window7_224.ms_in1k', 81.388),
     _timm('swin_small', 'swin_small_patch4_window7_224.ms_in1k', 83.228),
     _timm('swin_base', 'swin_base_patch4_window7_224.ms_in1k', 83.604),
+    # Video Swin's own Kinetics-400 releases (ImageNet-1K initialised), in the original
+    # code's names; top-1 from its README, 32x224x224 clips, 4 clips x 3 crops.
+    _video_swin('video_swin_tiny', 'swin_tiny', 78.8),
+    _video_swin('video_swin_small', 'swin_small', 80.6),
+    _video_swin('video_swin_base', 'swin_base', 80.6),
 ]}
 
 
