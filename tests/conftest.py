@@ -4,10 +4,53 @@ import os
 import shutil
 import sys
 
-import pytest
+# One persistent XLA compilation cache for the whole suite: both xdist workers, and
+# the subprocesses, notebook kernels and multi-process runs they start (the variable
+# is inherited). Many tests compile the same small models and train steps; a cache
+# hit replaces a compile of seconds by a read. Set before anything imports JAX; a
+# user's own JAX_COMPILATION_CACHE_DIR is kept.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'stvit_jax',
+    'test-xla-cache'))
+if 'jax' in sys.modules:  # imported by a pytest plugin before this file: tell it directly
+  sys.modules['jax'].config.update('jax_compilation_cache_dir',
+                                   os.environ['JAX_COMPILATION_CACHE_DIR'])
+
+import subprocess  # noqa: E402
+
+import pytest  # noqa: E402
 
 from launch_harness import (FAKE_GCLOUD, FAKE_PYTHON3, FAKE_TRAINER, FAKE_UV, LAUNCH, ROOT,
                             Launcher, git, write_exe)
+
+
+_started = None  # the processes the running test has started (None outside tests)
+_popen_init = subprocess.Popen.__init__
+
+
+def _tracked_popen_init(self, *args, **kwargs):
+  _popen_init(self, *args, **kwargs)
+  if _started is not None:
+    _started.append(self)
+
+
+subprocess.Popen.__init__ = _tracked_popen_init
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_processes():
+  """Kills what a test started and left running: a trainer of total_steps=100000
+  whose test failed before stopping it would otherwise train on through the rest of
+  the suite on the same two cores. (Set up after the module and session fixtures,
+  so their long-lived processes are not tracked.)"""
+  global _started
+  _started = []
+  yield
+  started, _started = _started, None
+  for proc in started:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
 
 
 @pytest.fixture(scope='session')
