@@ -4,6 +4,7 @@
 The tools run in process (`cli.call(tool.main, argv)` / `main.run(argv)`); aot
 defines the same absl flags as main, so its cases run in one subprocess (slow).
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -93,8 +94,11 @@ CASES = [
      "--model 'deit_huge' is not valid; choose one of"),
     ('convert_missing_src', tool(convert), ['--model', 'deit_tiny', '--src', '{d}/x.pth',
                                             '--out', '{out}'], "x.pth': no such file"),
+    # (torch is an optional extra: without it, the message says how to install it)
     ('convert_garbage_pth', tool(convert), ['--model', 'deit_tiny', '--src', '{d}/garbage.pth',
-                                            '--out', '{out}'], 'not a readable PyTorch checkpoint'),
+                                            '--out', '{out}'],
+     'not a readable PyTorch checkpoint' if importlib.util.find_spec('torch') else
+     "reading .pth files needs PyTorch: pip install 'stvit_jax[torch]'"),
     ('convert_deit_as_swin', tool(convert), ['--model', 'swin_tiny', '--src', DEIT, '--out', '{out}'],
      'this is not a Swin checkpoint: it has no layers.N.* tensors (it looks like a DeiT'),
     ('convert_out_not_empty', tool(convert), ['--model', 'deit_tiny', '--src', DEIT,
