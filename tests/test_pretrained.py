@@ -6,11 +6,15 @@ classes) as .safetensors and .pth; a test catalogue ($STVIT_JAX_CATALOGUE) point
 and cache code. Logits are checked against timm's on the fixture's inputs.
 """
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import time
 
+# huggingface_hub reads HF_HUB_OFFLINE once, when its (lazily imported) constants module
+# loads: load it now, while the variable is unset, not inside a test that sets it.
+import huggingface_hub.constants  # noqa: F401
 import numpy as np
 import pytest
 
@@ -33,7 +37,11 @@ def safetensors_bytes():
 
 
 def pth_bytes():
-  torch = pytest.importorskip('torch')
+  """The fixture as a torch.save'd file; without torch (CI installs no torch extra), bytes
+  that only a .pth-reading path without torch gets to see (its error names the extra)."""
+  if importlib.util.find_spec('torch') is None:
+    return b'PK torch is not installed here'
+  import torch  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   torch.save({'model': {k: torch.from_numpy(v) for k, v in state_dict().items()}}, buf)
   return buf.getvalue()
@@ -130,6 +138,7 @@ def test_hub_address_through_huggingface_hub(env, server, tmp_path):
 
 
 def test_pth_over_https(env, server):
+  pytest.importorskip('torch')
   model = models.create('deit_tiny', pretrained=server.file_url('deit_tiny.pth'), **TINY)
   assert_timm_logits(model)
 
