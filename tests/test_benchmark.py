@@ -44,6 +44,7 @@ def test_table_and_json(tmp_path, capsys):
   assert rows[1]['gmacs'] * 1e9 == pytest.approx(flops.model_macs(model, 64))
 
 
+@pytest.mark.slow  # ~70 s on 2 cores
 def test_train_step_updates_and_counts_three_forwards():
   case = benchmark.model_case('stvit_deit_small', 2, train=True, image_size=64, num_classes=10,
                               embed_dim=32, num_heads=2, depth=6, num_base_layers=2)

@@ -36,6 +36,7 @@ def loss_and_grads(model, x):
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
+@pytest.mark.slow  # stvit_r_swin_small at 224 px: ~100 s on 2 cores
 @pytest.mark.parametrize('name', list(TINY))
 def test_fused_attention_gives_the_explicit_outputs(name):
   size = TINY[name]['img_size']
@@ -49,6 +50,7 @@ def test_fused_attention_gives_the_explicit_outputs(name):
     assert all(w is None for w in aux_b['stgm_attn'])
 
 
+@pytest.mark.slow  # ~65 s on 2 cores
 @pytest.mark.parametrize('name, policy', [('stvit_deit_small', 'full'), ('swin_small', 'dots_saveable')])
 def test_remat_gives_the_same_loss_and_gradients(name, policy):
   x = images(TINY[name]['img_size'], batch=2)

@@ -57,6 +57,7 @@ def shrink(config, model, **extra):
   return config
 
 
+@pytest.mark.slow  # every family at 224 px: 94-146 s each on 2 cores
 @pytest.mark.parametrize('family', sorted(FAMILIES))
 def test_family_trains_two_steps_on_imagenet_pipeline(family, mock_imagenet, tmp_path):
   name, variant, model = FAMILIES[family]
@@ -119,6 +120,7 @@ def test_loss_falls_on_a_fixed_batch(dtype):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state['params']))
 
 
+@pytest.mark.slow  # ~50 s on 2 cores
 def test_gradient_accumulation_matches_the_full_batch():
   batch, out = _fixed_batch(), []
   for accum in (1, 4):
