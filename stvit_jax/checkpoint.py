@@ -73,6 +73,7 @@ class Checkpointer:
                 policies.FixedIntervalPolicy(every_steps),
                 policies.PreemptionCheckpointingPolicy()])))
     self.stop_requested = threading.Event()
+    self._unconfirmed_save = False  # a save started whose outcome check_for_errors has not seen
     self._previous_handlers = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       # Multi-host runs rely on JAX's preemption service (reached_preemption below),
@@ -101,9 +102,10 @@ class Checkpointer:
     with self._save_errors():
       self.manager.check_for_errors()
       # A failure in orbax's finalize thread is logged and cleared from
-      # check_for_errors by orbax itself; once no save is running, waiting returns
-      # at once and re-raises it.
-      if not self.manager.is_saving_in_progress():
+      # check_for_errors by orbax itself; once the save has ended, waiting returns
+      # at once and re-raises it (asked once per save, not every step).
+      if self._unconfirmed_save and not self.manager.is_saving_in_progress():
+        self._unconfirmed_save = False
         self.manager.wait_until_finished()
 
   @contextlib.contextmanager
@@ -128,6 +130,7 @@ class Checkpointer:
           train=ocp.args.StandardSave(train),
           meta=ocp.args.JsonSave({**meta, 'data_position': {'next_step': step}})))
     if saved:
+      self._unconfirmed_save = True
       logging.info('checkpoint: saving step %d to %s', step, self.directory)
     return saved
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import traceback
 
@@ -276,9 +275,6 @@ def _parses(text, kind):
 def _flag_message(e):
   """absl's flag error, without the chained config-file traceback it may carry."""
   text = str(e).strip()
-  m = re.match(r'flag --(\w+)=None: Flag --\w+ must have a value other than None', text)
-  if m:
-    return f'--{m.group(1)} is required'
   cause = e.__cause__ or e.__context__
   if cause is not None and str(cause) and str(cause) not in text:
     text = f'{text}: {cause}'

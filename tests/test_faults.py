@@ -301,15 +301,22 @@ def test_disk_full_is_reported_at_once_in_one_message(finished, data_dir, tmp_pa
                         cwd=ROOT, env=environment(), capture_output=True, text=True,
                         preexec_fn=_limit_file_size, timeout=600)
   assert proc.returncode == cli.USAGE, proc.stderr[-3000:]
-  errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+  # tensorstore's threads may print into the middle of our line: find it anywhere
+  errors = [line[line.index('error:'):] for line in proc.stderr.splitlines()
+            if line.lstrip().startswith('error:')]
   assert len(errors) == 1 and 'saving a checkpoint to' in errors[0], proc.stderr[-3000:]
   # No traceback through our code. tensorstore still prints 'Event loop is closed'
   # tracebacks from its own threads, for writes pending when orbax gave up (not
   # logging records: they cannot be filtered); orbax's logged ones are trimmed.
   frames = [_frames(t) for t in proc.stderr.split('Traceback (most recent call last):\n')[1:]]
-  assert not [f for f in frames if 'stvit_jax' in f or 'orbax' in f], proc.stderr[-3000:]
+  ours = [f for f in frames for line in f.splitlines() if line.strip().startswith('File "')
+          and ('/stvit_jax/' in line or '/orbax/' in line)]
+  assert not ours, proc.stderr[-3000:]
   logged = [json.loads(line)['step'] for line in open(workdir / 'metrics.jsonl')]
-  assert max(logged) < 20, logged  # noticed before the next save (step 20)
+  # Noticed when orbax's finalize thread ends (steps 17-18 on a quiet machine) or, if
+  # that is slower than training, at the latest by the next save, which waits for it.
+  assert max(logged) <= 20, logged
+  assert not (workdir / 'checkpoints' / '20').exists()
 
 
 def wait_for(path, text, proc, timeout=300):
