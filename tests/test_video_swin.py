@@ -212,3 +212,35 @@ def test_clip_into_an_image_model_is_refused():
 def test_window_and_patch_must_be_triples():
   with pytest.raises(ValueError, match='window_size=.*triples'):
     nnx.eval_shape(lambda: tiny(window_size=(7, 7)))
+
+
+@pytest.mark.parametrize('patch,clip', [((2, 4, 4), (1, 8, 36, 44, 3)),
+                                        ((2, 1, 1), (1, 5, 14, 14, 3)),
+                                        ((1, 2, 2), (1, 3, 9, 10, 3))])
+def test_conv_stem_gives_the_tubelet_grid(patch, clip):
+  """Padding 1 with the stem's strides gives the grid of the padded tubelet embedding."""
+  x = jax.ShapeDtypeStruct(clip, jnp.float32)
+  shapes = [jax.eval_shape(lambda c, s=stem: s(embed_dim=8, patch=patch, dtype=jnp.float32,
+                                                 rngs=nnx.Rngs(0))(c, train=False), x).shape
+            for stem in (video_swin.PatchEmbed3D, video_swin.ConvStem3D)]
+  assert shapes[0] == shapes[1]
+
+
+def test_conv_stem_batch_statistics_only_in_training():
+  stem = video_swin.ConvStem3D(8, (2, 2, 2), dtype=jnp.float32, rngs=nnx.Rngs(0))
+  clips = jax.random.normal(jax.random.key(0), (2, 4, 8, 8, 3)) * 3 + 1
+  before = stem(clips, train=False)
+  stem(clips, train=True)  # moves the running mean and variance towards the batch's
+  assert float(jnp.abs(stem(clips, train=False) - before).max()) > 1e-3
+  np.testing.assert_array_equal(stem(clips, train=False), stem(clips, train=False))
+
+
+def test_conv_stem_needs_a_square_patch_of_one_two_or_four():
+  with pytest.raises(ValueError, match=r'conv_stem=True needs a square patch_size.*\(2, 3, 3\)'):
+    video_swin.ConvStem3D(8, (2, 3, 3), dtype=jnp.float32, rngs=nnx.Rngs(0))
+
+
+def test_conv_stem_is_a_model_option():
+  model = nnx.eval_shape(lambda: tiny(conv_stem=True))
+  assert isinstance(model.patch_embed, video_swin.ConvStem3D)
+  assert 'conv_stem' in models.options('stvit_video_swin_tiny')

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -181,11 +182,44 @@ class PatchEmbed3D(nnx.Module):
                          dtype=dtype, rngs=rngs)
     self.norm = layers.layer_norm(embed_dim, eps=1e-5, rngs=rngs)
 
-  def __call__(self, clips):
+  def __call__(self, clips, *, train=False):
+    del train  # no batch statistics here; the signature of ConvStem3D
     size = clips.shape[1:4]
     pad = [(0, p - s) for p, s in zip(padded(size, self.patch), size)]
     x = self.proj(jnp.pad(clips, ((0, 0), *pad, (0, 0)))).astype(jnp.float32)
     return self.norm(x)
+
+
+class ConvStem3D(nnx.Module):
+  """The STViT-R conv stem in 3D (an option, not in Video Swin): (Conv3d 3x3x3 -> BN ->
+  Hardswish) x 2, overall stride = the patch size, no LN.
+
+  Unlike a (2, 4, 4) tubelet, whose linear patch embedding only mixes the pixels of
+  its own cube, every output sees a 3-frame neighbourhood through a nonlinearity: a
+  motion detector (how a 3D CNN sees motion) before any attention. The first conv
+  halves the patch's height and width, the second does the rest and all of time.
+  """
+
+  def __init__(self, embed_dim, patch=PATCH, *, dtype, rngs):
+    pt, ph, pw = self.patch = tuple(patch)
+    if ph != pw or ph not in (1, 2, 4):
+      raise ValueError(f'conv_stem=True needs a square patch_size of 1, 2 or 4 pixels '
+                       f'(two stride-1/2 convs); got patch_size={self.patch}')
+    second = 2 if ph > 1 else 1
+    strides = ((1, ph // second, ph // second), (pt, second, second))
+    widths = (3, embed_dim // 2, embed_dim)
+    self.convs = nnx.List([
+        nnx.Conv(widths[i], widths[i + 1], (3, 3, 3), strides=strides[i], padding=1,
+                 use_bias=False, dtype=dtype, rngs=rngs) for i in range(2)])
+    # PyTorch momentum 0.1 is flax momentum 0.9, as the image stem (stvit_swin.ConvBN).
+    self.bns = nnx.List([nnx.BatchNorm(widths[i + 1], momentum=0.9, epsilon=1e-5,
+                                       dtype=jnp.float32, rngs=rngs) for i in range(2)])
+
+  def __call__(self, clips, *, train):
+    x = clips  # padding 1 with stride s gives ceil(size / s): Video Swin's padded grid
+    for conv, bn in zip(self.convs, self.bns):
+      x = jax.nn.hard_swish(bn(conv(x), use_running_average=not train))
+    return x.astype(jnp.float32)
 
 
 class VideoSwinTransformer(nnx.Module):
@@ -195,20 +229,24 @@ class VideoSwinTransformer(nnx.Module):
   stage maps before merging. `img_size` / `num_frames` are only the default
   clip size (flops, benchmarks); any clip the original accepts works.
   STViT (stvit_video_swin.py) replaces stage 3 through `make_stage`.
+  `conv_stem=True` replaces the tubelet embedding by `ConvStem3D` (an option for
+  training from scratch; no released checkpoint has it).
   """
   input_kind = 'video'
 
   def __init__(self, *, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
                window_size=WINDOW, patch_size=PATCH, img_size=224, num_frames=32,
                num_classes=400, mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
-               head_drop_rate=0.5, dtype=jnp.float32, rngs, **stage_options):
+               head_drop_rate=0.5, conv_stem=False, dtype=jnp.float32, rngs,
+               **stage_options):
     window_size, patch_size = tuple(window_size), tuple(patch_size)
     if len(window_size) != 3 or len(patch_size) != 3:
       raise ValueError(f'window_size={window_size} and patch_size={patch_size} must be '
                        '(time, height, width) triples')
     self.img_size, self.num_frames = img_size, num_frames
     self.window_size, self.patch_size = window_size, patch_size
-    self.patch_embed = PatchEmbed3D(embed_dim, patch_size, dtype=dtype, rngs=rngs)
+    stem = ConvStem3D if conv_stem else PatchEmbed3D
+    self.patch_embed = stem(embed_dim, patch_size, dtype=dtype, rngs=rngs)
     self.pos_drop = nnx.Dropout(drop_rate, rngs=rngs)
     dpr = layers.drop_path_rates(drop_path_rate, sum(depths))
     stages = []
@@ -238,7 +276,7 @@ class VideoSwinTransformer(nnx.Module):
 
   def __call__(self, clips, *, train=False):
     self.check_input(clips)
-    x = self.pos_drop(self.patch_embed(clips), deterministic=not train)
+    x = self.pos_drop(self.patch_embed(clips, train=train), deterministic=not train)
     aux = {'stage_features': []}
     for stage in self.layers:
       x, features = stage(x, train=train, aux=aux)
