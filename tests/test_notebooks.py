@@ -77,7 +77,8 @@ def test_stored_without_outputs(name):
 
 
 def test_every_notebook_is_executed_below():
-  executed = ['01_quick_tour.ipynb', '02_finetune.ipynb', '03_sharding.ipynb']
+  executed = ['01_quick_tour.ipynb', '02_finetune.ipynb', '03_sharding.ipynb',
+              '04_video.ipynb']
   assert NAMES == executed, 'a new notebook needs an execution test in this file'
 
 
@@ -172,3 +173,20 @@ def test_sharding(tmp_path):
   held = re.findall(r'cpu:\d +(\d+\.\d\d) +- +-', text)
   assert len(held) == 8 and len(set(held)) == 1  # every device holds the same share
   assert 'compiled step, per device: arguments' in text
+
+
+@pytest.mark.slow
+def test_video(tmp_path):
+  """The notebook builds stvit_moving_digits itself (mp4s, then the Kinetics builder)
+  into DATA_DIR, shows one video per class, and runs the quickstart's smoke test."""
+  workdir = tmp_path / 'run'
+  text, pngs, _ = execute('04_video.ipynb', tmp_path, TINY=True, WORKDIR=str(workdir),
+                          DATA_DIR=str(tmp_path / 'tfds'))
+  assert 'stvit_moving_digits: 1000 train / 240 validation videos' in text
+  assert re.search(r"classes: \['down, fast', 'down, slow', .*'up, slow'\]", text)
+  assert pngs >= 1  # the frame sheet
+  assert 'conv_stem=True' in text and 'evaluation: 2 clips x 1 crops per video' in text
+  final = re.search(r'final validation accuracy: top-1 (\d+\.\d\d)% on 8 videos '
+                    r'\(2 views each\) after 4 steps', text)
+  assert final, text[-2000:]
+  assert (workdir / 'checkpoints' / '4').is_dir()

@@ -25,6 +25,8 @@ def test_variants_build_the_stvit_video_model():
   assert d.eval_clips * d.eval_crops > 1  # multi-view evaluation
   assert d.image_size == config.model.img_size and d.num_frames == config.model.num_frames
   assert config.mixup.prob == 0 and config.optim.backbone_lr_mult == 1.0  # from scratch
+  # motion within the 3D conv stem's reach: consecutive frames
+  assert config.model.conv_stem and d.frame_stride == 1
   frame = video_quickstart.get_config('frame')
   assert frame.data.single_frame and frame.model == config.model  # same model, one frame
   small = video_quickstart.get_config('frame,runlocal')

@@ -249,11 +249,11 @@ def test_conv_stem_is_a_model_option():
 @pytest.mark.parametrize('shape,strides', [((2, 4, 9, 10, 3), (2, 1, 1)),
                                            ((1, 5, 8, 8, 6), (1, 2, 2)),
                                            ((1, 3, 7, 6, 4), (2, 2, 2))])
-def test_conv3d_by_frames_is_a_3d_convolution(shape, strides):
+def test_conv3d_by_slices_is_a_3d_convolution(shape, strides):
   x = jax.random.normal(jax.random.key(0), shape)
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, shape[-1], 5))
   want = jax.lax.conv_general_dilated(x, kernel, strides, [(1, 1)] * 3,
                                       dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
-  got = video_swin.conv3d_by_frames(x, kernel, strides)
+  got = video_swin.conv3d_by_slices(x, kernel, strides)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
