@@ -177,6 +177,7 @@ def compile_train_step(config, topology):
       'params': sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
       'batch_size': config.batch_size, 'grad_accum_steps': config.optim.grad_accum_steps,
       'hbm_gib': topology.chip.hbm_gib,
+      'example': 'clip' if train.input_kind(config) == 'video' else 'image',
   }
   t0 = time.perf_counter()
   lowered = step.lower(state, batch)
@@ -240,7 +241,7 @@ def format_report(r):
       f"{'fits' if r['fits'] else 'DOES NOT FIT'}",
       f"FLOPs/step   {_flops(r['flops_per_chip'])} per chip, "
       f"{_flops(r['flops_per_step'])} on the slice "
-      f"({_flops(r['flops_per_step'] / r['batch_size'])} per image)",
+      f"({_flops(r['flops_per_step'] / r['batch_size'])} per {r.get('example', 'image')})",
       f"compiled in  {r['compile_s']:.1f} s",
   ]
   return '\n'.join(lines)

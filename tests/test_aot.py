@@ -133,3 +133,16 @@ def test_compiles_tiny_stvit_train_step_for_v5e_2x2(libtpu_pythonpath):
 
   assert 'v5e:2x2 = v5litepod-4' in text and 'data=2 x fsdp=2' in text
   assert 'of 16 GiB HBM' in text and ': fits' in text
+
+
+def test_report_counts_flops_per_clip_for_video():
+  report = dict(topology='v4:2x2x4', accelerator_type='v4-32', device_kind='TPU v4', chips=16,
+                hosts=4, mesh={'data': 16, 'fsdp': 1}, model='stvit_video_swin_tiny',
+                params=28_039_462, dtype='bfloat16', batch_size=64, grad_accum_steps=1,
+                hbm_gib=32, fits=True, flops_per_chip=1.58e12, flops_per_step=25.3e12,
+                compile_s=1.0, example='clip',
+                memory=dict(argument=2**30, output=2**30, alias=2**30, temp=2**33,
+                            generated_code=2**28, total=2**33 + 2**30 + 2**28))
+  text = aot.format_report(report)
+  assert 'global batch 64 (4 per chip)' in text and '(395 GFLOP per clip)' in text
+  assert 'per image' in aot.format_report({**report, 'example': 'image'})
