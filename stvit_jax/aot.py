@@ -241,7 +241,7 @@ def format_report(r):
       f"{'fits' if r['fits'] else 'DOES NOT FIT'}",
       f"FLOPs/step   {_flops(r['flops_per_chip'])} per chip, "
       f"{_flops(r['flops_per_step'])} on the slice "
-      f"({_flops(r['flops_per_step'] / r['batch_size'])} per {r.get('example', 'image')})",
+      f"({_flops(r['flops_per_step'] / r['batch_size'])} per {r['example']})",
       f"compiled in  {r['compile_s']:.1f} s",
   ]
   return '\n'.join(lines)

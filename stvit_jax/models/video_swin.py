@@ -208,6 +208,8 @@ class ConvStem3D(nnx.Module):
     second = 2 if ph > 1 else 1
     strides = ((1, ph // second, ph // second), (pt, second, second))
     widths = (3, embed_dim // 2, embed_dim)
+    # The nnx.Conv modules hold the kernels (PyTorch Conv3d's names) and strides; the
+    # convolution itself, padding included, is conv3d_by_slices.
     self.convs = nnx.List([
         nnx.Conv(widths[i], widths[i + 1], (3, 3, 3), strides=strides[i], padding=1,
                  use_bias=False, dtype=dtype, rngs=rngs) for i in range(2)])
