@@ -35,6 +35,9 @@ XLA's per-call buffers are otherwise page-faulted anew on every call.
 `--set attention=fused` times `jax.nn.dot_product_attention` instead of the
 explicit attention (models.execution).
 
+`--ops` prints, instead of the timing table, where each case spends its time: XLA op
+time by kind from a jax.profiler trace (stvit_jax/op_profile.py).
+
 `--input` times the input pipeline instead (stvit_jax/input_benchmark.py):
     python -m stvit_jax.benchmark --input --config=configs/deit_s.py [--topology=v5e:4x4]
 """
@@ -78,6 +81,7 @@ class Case:
   compile_s: float = 0.0
   memory_bytes: int | None = None
   recipe: str = ''           # what the train step does (train cases)
+  compiled: object = None    # the compiled executable (`--ops` reads its HLO)
   seconds: list = field(default_factory=list)  # one entry per round: seconds per call
   cpu_seconds: list = field(default_factory=list)  # process CPU seconds per call, per round
 
@@ -135,7 +139,8 @@ def model_case(name, batch, *, dtype='float32', train=False, image_size=224,
 
   compiled, seconds = _compile(forward, state, images)
   step = lambda: compiled(state, images)  # noqa: E731
-  return Case(f'{name}', batch, step, 2 * macs * batch, macs, seconds, _memory(compiled))
+  return Case(f'{name}', batch, step, 2 * macs * batch, macs, seconds, _memory(compiled),
+              compiled=compiled)
 
 
 def train_config(name, batch, *, dtype, image_size, num_classes, seed, recipe, **overrides):
@@ -190,7 +195,7 @@ def _train_case(name, batch, *, seed, recipe, **options):
   macs = flops.model_macs(model, config.model.img_size)
   # forward 2 * MACs, backward twice the forward
   return Case(name, batch, step, 6 * macs * batch, macs, seconds, _memory(compiled),
-              recipe=describe_recipe(config))
+              recipe=describe_recipe(config), compiled=compiled)
 
 
 def describe_recipe(config):
@@ -336,6 +341,9 @@ def main(argv=None):
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='model option for every model, e.g. --set embed_dim=64 (int/float/str)')
   parser.add_argument('--json', metavar='PATH', help='also write the rows as JSON')
+  parser.add_argument('--ops', action='store_true',
+                      help='instead of timing: where each case spends its time, XLA op time '
+                      'by kind from a jax.profiler trace (stvit_jax/op_profile.py)')
   args = parser.parse_args(argv)
   if args.rounds < 1:
     parser.error('--rounds must be >= 1')
@@ -372,6 +380,8 @@ def main(argv=None):
         parser.error(str(err))
       log(f'compiled {name} batch {batch} in {case.compile_s:.1f}s')
       cases.append(case)
+  if args.ops:
+    return _print_ops(cases, args, dev)
   peak_case = matmul_case(args.dtype, args.matmul)
   measure(cases + [peak_case], rounds=args.rounds, warmup=args.warmup,
           min_time=args.min_time, log=log)
@@ -405,6 +415,17 @@ def main(argv=None):
                 device_peak_memory_bytes=device_peak, overrides=overrides)
     with open(args.json, 'w') as f:
       json.dump({'meta': meta, 'rows': table}, f, indent=2)
+  return 0
+
+
+def _print_ops(cases, args, dev):
+  from stvit_jax import op_profile  # pylint: disable=g-import-not-at-top
+  named = [(f'{c.name}@{c.batch}', op_profile.profile(c.compiled, c.step, calls=args.rounds))
+           for c in cases]
+  mode = 'train step' if args.train else 'inference'
+  print(f'# {dev.device_kind} ({jax.default_backend()}), {args.dtype}, {mode}: XLA op time '
+        f'per call by kind, {args.rounds} traced calls')
+  print(op_profile.format_profiles(named))
   return 0
 
 
