@@ -1,6 +1,5 @@
 """On-device normalisation and random erasing (data/device_augment.py), against the
 host pipeline's normalisation and timm's `RandomErasing(mode='pixel')` statistics."""
-import random
 import sys
 from pathlib import Path
 
@@ -29,45 +28,25 @@ def test_normalize_matches_the_host_pipeline():
   np.testing.assert_allclose(device, host, rtol=0, atol=1e-6)
 
 
-def _boxes(erased):
-  """Per image: (erased?, h, w, top, left) of the nonzero region of an erased zero batch."""
-  out = []
-  for img in erased:
-    mask = np.any(img != 0, axis=-1)
-    if not mask.any():
-      out.append((0, 0, 0, -1, -1))
-      continue
-    rows, cols = np.where(mask)
-    top, left = rows.min(), cols.min()
-    h, w = rows.max() - top + 1, cols.max() - left + 1
-    assert mask[top:top + h, left:left + w].all() and mask.sum() == h * w  # one rectangle
-    out.append((1, h, w, top, left))
-  return np.array(out)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))
+import make_erasing_fixture  # noqa: E402  the fixture's writer: how timm's boxes were drawn
+
+FIXTURE = Path(__file__).parent / 'fixtures' / 'timm_random_erasing.npz'
 
 
-def _timm_boxes(n, prob, seed=0):
-  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))
-  import torchvision_stub  # timm imports torchvision; its transforms are not used here
-  torchvision_stub.install()
-  torch = pytest.importorskip('torch')
-  # timm is not in pyproject: pip would replace the CPU torch by torch 2.14 + CUDA for it.
-  timm_re = pytest.importorskip(
-      'timm.data.random_erasing',
-      reason='timm: pip install timm==1.0.31 --no-deps (scripts/torchvision_stub.py)')
-  random.seed(seed)
-  torch.manual_seed(seed)
-  eraser = timm_re.RandomErasing(prob, mode='pixel', max_count=1, device='cpu')
-  x = torch.zeros(n, 3, H, W)
-  eraser(x)
-  return _boxes(x.numpy().transpose(0, 2, 3, 1)), x.numpy()
+def _timm():
+  """timm's boxes and erased-value statistics, stored by scripts/make_erasing_fixture.py."""
+  with np.load(FIXTURE) as f:
+    return f['boxes'], float(f['value_mean']), float(f['value_std']), float(f['prob'])
 
 
 def test_random_erasing_has_timms_distribution():
-  n, prob = 6000, 0.6
+  timm, timm_mean, timm_std, prob = _timm()
+  n, (h, w) = len(timm), (H, W)
+  assert (make_erasing_fixture.H, make_erasing_fixture.W) == (h, w)
   ours_x = np.asarray(jax.jit(device_augment.random_erasing, static_argnums=2)(
       jax.random.key(0), jnp.zeros((n, H, W, 3)), prob))
-  ours = _boxes(ours_x)
-  timm, timm_x = _timm_boxes(n, prob)
+  ours = make_erasing_fixture.boxes(ours_x)
   # how often a box is drawn (prob x the chance that one of 10 tries fits)
   assert abs(ours[:, 0].mean() - timm[:, 0].mean()) < 0.03
   assert abs(ours[:, 0].mean() - prob) < 0.03
@@ -82,7 +61,20 @@ def test_random_erasing_has_timms_distribution():
   # pixel mode: independent N(0, 1) per pixel and channel inside the box
   values = ours_x[ours_x != 0]
   assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
-  assert abs(timm_x[timm_x != 0].std() - values.std()) < 0.02
+  assert abs(timm_mean) < 0.01 and abs(timm_std - values.std()) < 0.02
+
+
+def test_the_stored_boxes_are_what_timm_draws():
+  """Where torch and timm are installed: a fresh draw equals the committed fixture."""
+  pytest.importorskip('torch')
+  import torchvision_stub  # timm imports torchvision; its transforms are not used here
+  torchvision_stub.install()
+  pytest.importorskip('timm', reason='timm: pip install timm==1.0.31 --no-deps '
+                      '(scripts/torchvision_stub.py)')
+  boxes, values = make_erasing_fixture.timm_draw()
+  stored, mean, std, _ = _timm()
+  np.testing.assert_array_equal(boxes, stored)
+  assert values.mean() == pytest.approx(mean) and values.std() == pytest.approx(std)
 
 
 def test_random_erasing_is_a_function_of_the_key():
