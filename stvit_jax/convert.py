@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -37,7 +36,8 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from stvit_jax import cli, convert_video, models, names, paths, weights
+from stvit_jax import cli, convert_video, models, names, paths, pos_embed, weights
+from stvit_jax.torch_files import FORMATS, WRAPPERS, load_state_dict, sha256, strip_prefix
 
 IGNORED = (  # buffers that the JAX models rebuild as numpy constants
     (re.compile(r'(^|\.)num_batches_tracked$'), 'BatchNorm step counter'),
@@ -45,8 +45,6 @@ IGNORED = (  # buffers that the JAX models rebuild as numpy constants
     (re.compile(r'(^|\.)attn_mask$'), 'Swin shifted-window attn_mask (rebuilt)'),
 )
 LAYOUTS = ('auto', 'microsoft', 'timm') + convert_video.LAYOUTS
-WRAPPERS = ('model', 'state_dict', 'model_ema')
-FORMATS = ('.pth', '.pt', '.safetensors', '.npz')
 
 
 # {'<family>/<layout>': module renames}, from the registry's family records (the
@@ -175,39 +173,6 @@ def to_model_layout(target, value):
   return value
 
 
-def _cubic(x, a=-0.5):
-  x = np.abs(x)
-  return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                  np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
-
-
-def _resize_matrix(n_in, n_out):
-  """(n_out, n_in) weights of PyTorch's antialiased bicubic interpolation
-  (`F.interpolate(mode='bicubic', antialias=True)`, align_corners=False)."""
-  scale = n_in / n_out
-  support, inv = 2.0 * max(scale, 1.0), 1.0 / max(scale, 1.0)
-  m = np.zeros((n_out, n_in))
-  for i in range(n_out):
-    centre = scale * (i + 0.5)
-    lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
-    w = _cubic((np.arange(lo, hi) - centre + 0.5) * inv)
-    m[i, lo:hi] = w / w.sum()
-  return m
-
-
-def resize_pos_embed(pos, num_tokens, num_prefix):
-  """(1, P + g*g, C) -> (1, P + n*n, C): the grid part resized as timm's
-  `resample_abs_pos_embed` does (bicubic, antialias), prefix tokens kept."""
-  prefix, grid = pos[:, :num_prefix], pos[0, num_prefix:]
-  g, n = int(round(grid.shape[0] ** 0.5)), int(round((num_tokens - num_prefix) ** 0.5))
-  if g * g != grid.shape[0] or n * n != num_tokens - num_prefix:
-    raise ConversionError(f'pos_embed: {pos.shape[1]} -> {num_tokens} tokens with '
-                          f'{num_prefix} prefix tokens is not a square grid resize')
-  m = _resize_matrix(g, n)
-  grid = np.einsum('ih,hwc,jw->ijc', m, grid.reshape(g, g, -1).astype(np.float64), m)
-  return np.concatenate([prefix, grid.reshape(1, n * n, -1).astype(pos.dtype)], 1)
-
-
 def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_prefix=None,
                        allow_fresh=()):
   """Maps `state_dict` ({name: array}) onto `targets` ({model weight: shape}).
@@ -241,7 +206,10 @@ def convert_state_dict(state_dict, targets, rules, *, replace_head=False, num_pr
     shape = tuple(targets[tgt])
     if array.shape != shape:
       if tgt.endswith('pos_embed') and num_prefix is not None and array.shape[2:] == shape[2:]:
-        array = resize_pos_embed(array, shape[1], num_prefix)
+        try:
+          array = pos_embed.resize(array, shape[1], num_prefix)
+        except ValueError as e:
+          raise ConversionError(str(e)) from None
         notes.append(f'{src}: resized {value.shape[1]} -> {shape[1]} tokens (bicubic, antialias)')
       elif replace_head and names.head_is_replaced(tgt, array.shape, shape):
         ignored[src] = f'head replaced: source {tuple(value.shape)}, model {shape}'
@@ -339,67 +307,6 @@ def _fill(model, conversion):
   for key, var in names.weight_variables(model).items():
     if key in conversion.arrays:
       var.set_value(conversion.arrays[key])
-
-
-def load_state_dict(path, key=None):
-  """{name: np.ndarray} from a .pth / .pt / .safetensors / .npz file, and the
-  wrapper key that held it (None when the file is the state_dict itself)."""
-  ext = os.path.splitext(path)[1].lower()
-  if ext not in FORMATS:
-    raise ValueError(f'--src {path}: unknown format {ext!r}; use one of {", ".join(FORMATS)}')
-  if ext == '.npz':
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}, None
-  if ext == '.safetensors':
-    try:
-      from safetensors.numpy import load_file
-    except ImportError:
-      raise ImportError("reading .safetensors needs the safetensors package: "
-                        "pip install 'stvit_jax[torch]' (or pip install safetensors)") from None
-    return load_file(path), None
-  try:
-    import torch
-  except ImportError:
-    raise ImportError(f"reading {ext} files needs PyTorch: pip install 'stvit_jax[torch]'"
-                      ) from None
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    # torch's own advice (weights_only=False) would run arbitrary pickled code; a
-    # released checkpoint never needs it. Name the file and the first line of the cause.
-    # torch's text around the reason is its advice; keep the lines that state the reason.
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()
-             and 'weights_only' not in line and not line.endswith(':')]
-    cause = lines[0] if lines else type(e).__name__
-    raise ValueError(f'--src {path}: not a readable PyTorch checkpoint ({type(e).__name__}: '
-                     f'{cause[:200]}); expected a state_dict saved with torch.save') from None
-  if key is None and isinstance(obj, dict):
-    key = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
-  if key is not None:
-    if not isinstance(obj, dict) or not isinstance(obj.get(key), dict):
-      raise ValueError(f'--key {key!r}: {path} has no dict entry {key!r}; its top-level '
-                       f'entries are {sorted(obj) if isinstance(obj, dict) else type(obj)}')
-    obj = obj[key]
-  bad = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
-  if bad:
-    raise ValueError(f'{path}: entries {bad[:5]} are not tensors; pick the state_dict with '
-                     f'--key (one of {list(WRAPPERS)})')
-  return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in obj.items()}, key
-
-
-def strip_prefix(state_dict, prefix='module.'):
-  """DataParallel / DDP saves prefix every name with 'module.'; drop it."""
-  if state_dict and all(k.startswith(prefix) for k in state_dict):
-    return {k[len(prefix):]: v for k, v in state_dict.items()}, True
-  return state_dict, False
-
-
-def sha256(path):
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _parse_override(text):

@@ -207,8 +207,8 @@ def _has_torch():
 
 
 def _sha256(path):
-  from stvit_jax import convert
-  return convert.sha256(path)
+  from stvit_jax import torch_files  # pylint: disable=g-import-not-at-top
+  return torch_files.sha256(path)
 
 
 def resolve(source, *, model=None, options=None):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stvit_jax import convert, models, weights
+from stvit_jax import convert, models, pos_embed, torch_files, weights
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference')
@@ -34,7 +34,7 @@ def case_options(case):
 
 @functools.lru_cache(maxsize=None)
 def state_dict(file):
-  return convert.load_state_dict(fixture(file))[0]
+  return torch_files.load_state_dict(fixture(file))[0]
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -191,9 +191,9 @@ def test_pos_embed_of_another_grid_needs_img_size():
 
 
 def test_resize_matrix_is_identity_at_same_size_and_normalised():
-  np.testing.assert_allclose(convert._resize_matrix(7, 7), np.eye(7), atol=1e-12)
+  np.testing.assert_allclose(pos_embed._resize_matrix(7, 7), np.eye(7), atol=1e-12)
   for n_in, n_out in ((4, 6), (14, 24), (24, 14), (4, 3)):
-    np.testing.assert_allclose(convert._resize_matrix(n_in, n_out).sum(1), 1.0)
+    np.testing.assert_allclose(pos_embed._resize_matrix(n_in, n_out).sum(1), 1.0)
 
 
 def test_layout_choice_errors():
@@ -222,7 +222,7 @@ def converted_deit(tmp_path_factory):
 def test_cli_writes_weights_that_restore_with_parity(converted_deit, capsys):
   prov = weights.read_provenance(converted_deit)
   assert prov['model'] == 'deit_tiny_distilled' and prov['num_classes'] == 10
-  assert prov['source']['sha256'] == convert.sha256(fixture('deit_tiny_distilled.npz'))
+  assert prov['source']['sha256'] == torch_files.sha256(fixture('deit_tiny_distilled.npz'))
   assert prov['consumed'] == len(state_dict('deit_tiny_distilled.npz'))
   model = weights.create_model(converted_deit)
   io = np.load(fixture(CASES['deit_tiny_distilled']['io']))
@@ -238,7 +238,7 @@ def test_load_weights_is_strict_and_can_replace_the_head(converted_deit):
   fresh = np.asarray(model.head.kernel[...])
   weights.load_weights(model, converted_deit, replace_head=True)
   np.testing.assert_array_equal(model.head.kernel[...], fresh)
-  reference = convert.load_state_dict(fixture('deit_tiny_distilled.npz'))[0]
+  reference = torch_files.load_state_dict(fixture('deit_tiny_distilled.npz'))[0]
   np.testing.assert_array_equal(model.blocks[1].mlp.fc2.kernel[...],
                                 reference['blocks.1.mlp.fc2.weight'].T)
   deeper = models.create('deit_tiny_distilled', **{**opts, 'depth': 3})
@@ -255,8 +255,8 @@ def test_cli_reads_pth_and_safetensors(tmp_path):
              tmp_path / 'ckpt.pth')
   safetensors_torch.save_file(tensors, str(tmp_path / 'ckpt.safetensors'))
   for src in ('ckpt.pth', 'ckpt.safetensors'):
-    loaded, key = convert.load_state_dict(str(tmp_path / src))
-    loaded, stripped = convert.strip_prefix(loaded)
+    loaded, key = torch_files.load_state_dict(str(tmp_path / src))
+    loaded, stripped = torch_files.strip_prefix(loaded)
     assert (key, stripped) == (('model', True) if src.endswith('pth') else (None, False))
     assert sorted(loaded) == sorted(sd)
     for k in sd:
@@ -272,7 +272,7 @@ def test_cli_errors_name_the_field(tmp_path, capsys):
                   '--out', str(tmp_path), '--layout', 'sideways'])
   assert "invalid choice: 'sideways'" in capsys.readouterr().err
   with pytest.raises(ValueError, match=r"unknown format '.bin'; use one of .pth, .pt, .safetensors, .npz"):
-    convert.load_state_dict(str(tmp_path / 'x.bin'))
+    torch_files.load_state_dict(str(tmp_path / 'x.bin'))
   with pytest.raises(SystemExit, match='does not convert to deit_tiny'):  # classes fine, grid not
     convert.main(['--model', 'deit_tiny', '--src', fixture('deit_tiny.npz'), '--out', str(tmp_path / 'o')])
 
@@ -281,4 +281,4 @@ def test_pth_without_torch_says_how_to_install(tmp_path, monkeypatch):
   (tmp_path / 'x.pth').write_bytes(b'')
   monkeypatch.setitem(__import__('sys').modules, 'torch', None)  # import torch -> ImportError
   with pytest.raises(ImportError, match=r"pip install 'stvit_jax\[torch\]'"):
-    convert.load_state_dict(str(tmp_path / 'x.pth'))
+    torch_files.load_state_dict(str(tmp_path / 'x.pth'))
