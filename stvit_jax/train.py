@@ -26,7 +26,8 @@ import optax
 from absl import logging
 from flax import nnx
 
-from stvit_jax import checkpoint, evaluate, health, models, optim, paths, runconfig, sharding
+from stvit_jax import (checkpoint, evaluate, health, models, optim, paths, runconfig, sharding,
+                       warm_start)
 from stvit_jax.data import device_augment, mixup, pipeline, video
 from stvit_jax.metric_writer import MetricWriter
 
@@ -301,7 +302,8 @@ def train_and_evaluate(config, workdir):
   if not checkpoint.has_checkpoints(workdir):  # a fresh run: load init_from before writing
     state = trainer.initial_state()
     if config.init_from:
-      state = init_from(config, state, trainer.graphdef, trainer.rngs, meta, shardings)
+      state = warm_start.init_from(config, state, trainer.graphdef, trainer.rngs, meta,
+                                     shardings)
 
   ckpt = checkpoint.Checkpointer(workdir, every_steps=steps.checkpoint_every,
                                  keep=config.checkpoint.keep,
@@ -315,7 +317,8 @@ def train_and_evaluate(config, workdir):
     if state is None:  # step folders, but none that orbax lists as complete
       state = trainer.initial_state()
       if config.init_from:
-        state = init_from(config, state, trainer.graphdef, trainer.rngs, meta, shardings)
+        state = warm_start.init_from(config, state, trainer.graphdef, trainer.rngs, meta,
+                                     shardings)
     else:
       logging.info('resuming from %s at step %d', ckpt.directory, int(state['step']))
   start = int(jax.device_get(state['step']))
@@ -423,39 +426,6 @@ def train_and_evaluate(config, workdir):
   logging.info('done: %s', json.dumps(summary))
   summary['state'] = state
   return summary
-
-
-def check_init_from(path, source):
-  """Converted weights at `source` (`path` resolved), or a user error naming both."""
-  from stvit_jax import weights  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  if not (epath.Path(paths.absolute(source)) / weights.WEIGHTS).is_dir():
-    raise FileNotFoundError(
-        f'config.init_from={path}: neither converted weights (a {weights.WEIGHTS}/ folder, '
-        'python -m stvit_jax.convert) nor a run workdir with checkpoints/ is there')
-
-
-def init_from(config, state, graphdef, rngs, meta, shardings):
-  """Replaces the fresh params (and batch stats) by those of `config.init_from`."""
-  from stvit_jax import pretrained, weights  # pylint: disable=g-import-not-at-top
-  params, stats = jax.device_get((state['params'], state['batch_stats']))
-  # 'pretrained', hf://, https://: downloaded and converted once into the user's cache.
-  source = pretrained.resolve(config.init_from, model=config.model.name,
-                              options=model_kwargs(config))
-  if checkpoint.is_run_checkpoint(source):
-    params, stats, provenance = checkpoint.load_run_params(source, params, stats, meta)
-  else:
-    check_init_from(config.init_from, source)
-    model = nnx.merge(graphdef, params, stats, rngs)
-    # replace_head: a head of another class count keeps its fresh init; the rest is strict.
-    provenance = weights.load_weights(model, source, replace_head=True,
-                                      name=config.model.name)
-    _, params, stats, _ = split(model)
-  logging.info('init_from %s: %s', config.init_from, provenance)
-  state = dict(state, params=params, batch_stats=stats)
-  if 'ema' in state:
-    state['ema'] = params
-  return jax.device_put(state, shardings)
 
 
 def _hms(seconds):
