@@ -122,13 +122,20 @@ def op_times(step, module, calls=2):
     if not paths:
       raise RuntimeError(f'jax.profiler wrote no trace under {trace_dir}')
     data = jax.profiler.ProfileData.from_file(paths[0])
-    times = collections.Counter()
+    host, device = collections.Counter(), collections.Counter()
     for plane in data.planes:
+      times = device if plane.name.startswith('/device:') else host
       for line in plane.lines:
         for event in line.events:
           stats = dict(event.stats)
           if stats.get('hlo_module') == module and 'hlo_op' in stats:
             times[stats['hlo_op']] += event.duration_ns
+  # An accelerator's kernels are on its device plane; the host plane then only holds
+  # their launches. On CPU the ops run on the host plane.
+  times = device or host
+  if not times:
+    raise RuntimeError(f'the trace holds no XLA op events of {module!r}; '
+                       f'planes: {[p.name for p in data.planes]}')
   return {op: ns / calls for op, ns in times.items()}, wall
 
 
