@@ -381,7 +381,12 @@ def main(argv=None):
       log(f'compiled {name} batch {batch} in {case.compile_s:.1f}s')
       cases.append(case)
   if args.ops:
-    return _print_ops(cases, args, dev)
+    from stvit_jax import op_profile  # pylint: disable=g-import-not-at-top
+    mode = 'train step' if args.train else 'inference'
+    print(op_profile.report(cases, calls=args.rounds,
+                            about=f'{dev.device_kind} ({jax.default_backend()}), {args.dtype}, '
+                            f'{mode}'))
+    return 0
   peak_case = matmul_case(args.dtype, args.matmul)
   measure(cases + [peak_case], rounds=args.rounds, warmup=args.warmup,
           min_time=args.min_time, log=log)
@@ -415,17 +420,6 @@ def main(argv=None):
                 device_peak_memory_bytes=device_peak, overrides=overrides)
     with open(args.json, 'w') as f:
       json.dump({'meta': meta, 'rows': table}, f, indent=2)
-  return 0
-
-
-def _print_ops(cases, args, dev):
-  from stvit_jax import op_profile  # pylint: disable=g-import-not-at-top
-  named = [(f'{c.name}@{c.batch}', op_profile.profile(c.compiled, c.step, calls=args.rounds))
-           for c in cases]
-  mode = 'train step' if args.train else 'inference'
-  print(f'# {dev.device_kind} ({jax.default_backend()}), {args.dtype}, {mode}: XLA op time '
-        f'per call by kind, {args.rounds} traced calls')
-  print(op_profile.format_profiles(named))
   return 0
 
 

@@ -170,3 +170,10 @@ def format_profiles(named):
     lines.append(f'# {name}: largest ops ' + ', '.join(
         f'{op} ({kind}) {ns / 1e6:.1f} ms' for op, kind, ns in p['top']))
   return '\n'.join(lines)
+
+
+def report(cases, *, calls, about):
+  """The `benchmark --ops` output for benchmark `Case`s (each with `compiled` and `step`)."""
+  named = [(f'{c.name}@{c.batch}', profile(c.compiled, c.step, calls=calls)) for c in cases]
+  return (f'# {about}: XLA op time per call by kind, {calls} traced calls\n'
+          + format_profiles(named))

@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 
-from stvit_jax import cli
+from stvit_jax import cli, torch_files
 from stvit_jax.models import catalogue
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _download_url(url, model, sha256=None):
                           f'{ATTEMPTS} attempts: {last}. {kept} bytes are kept in {part}; '
                           'rerunning resumes there. ' + _how_to_get(url, model))
   if sha256:
-    got = _sha256(part)
+    got = torch_files.sha256(part)
     if got != sha256:
       os.remove(part)
       raise PretrainedError(f'{url}: checksum mismatch: sha256 {got}, the catalogue expects '
@@ -204,11 +204,6 @@ def _copy(response, path, mode, done, total, url):
 
 def _has_torch():
   return importlib.util.find_spec('torch') is not None
-
-
-def _sha256(path):
-  from stvit_jax import torch_files  # pylint: disable=g-import-not-at-top
-  return torch_files.sha256(path)
 
 
 def resolve(source, *, model=None, options=None):
@@ -247,7 +242,7 @@ def resolve(source, *, model=None, options=None):
   path = _download_hf(address, model) if address.startswith('hf://') else \
       _download_url(address, model, expected)
   if expected and address.startswith('hf://'):
-    got = _sha256(path)
+    got = torch_files.sha256(path)
     if got != expected:
       raise PretrainedError(f'{address}: checksum mismatch: sha256 {got} of {path}, the '
                             f'catalogue expects {expected}; delete that file and retry')
