@@ -12,7 +12,8 @@ affinity mask; a no-op on a 2-core machine at --threads 2) and PyTorch gets
 PyTorch runs `timm.create_model(<timm name>).eval()` (deit_*: <model>_patch16_224,
 swin_*: <model>_patch4_window7_224) under `torch.inference_mode()` (NCHW); JAX
 runs the compiled forward of `stvit_jax.models.create(<model>)` (NHWC), exactly
-as `stvit_jax.benchmark` does. Each round times `--steps` calls of each
+as `stvit_jax.benchmark` does (on CPU, dots and convolutions by Eigen unless
+`--cpu_library ynnpack`: stvit_jax/xla_cpu.py). Each round times `--steps` calls of each
 framework, alternating which goes first, with a short pause between frameworks
 so that the other one's spinning worker threads have gone to sleep. Prints
 images/s per round and the median ratio, and images per CPU-second of the
@@ -44,6 +45,8 @@ def main():
   parser.add_argument('--rounds', type=int, default=7)
   parser.add_argument('--steps', type=int, default=1, help='calls per framework per round')
   parser.add_argument('--pause', type=float, default=0.5, help='seconds between frameworks')
+  parser.add_argument('--cpu_library', choices=('eigen', 'ynnpack'), default='eigen',
+                      help="XLA:CPU's library for JAX's dots and convolutions (stvit_jax/xla_cpu.py)")
   args = parser.parse_args()
 
   cores = sorted(os.sched_getaffinity(0))
@@ -56,7 +59,7 @@ def main():
   import timm
   import torch
   import jax
-  from stvit_jax import benchmark
+  from stvit_jax import benchmark, xla_cpu
 
   torch.set_num_threads(args.threads)
   rng = np.random.default_rng(0)
@@ -68,7 +71,8 @@ def main():
     with torch.inference_mode():
       return tm(x_torch)
 
-  case = benchmark.model_case(args.model, args.batch)  # compiled JAX forward, as in the table
+  # the compiled JAX forward, as in the table
+  case = benchmark.model_case(args.model, args.batch, cpu_library=args.cpu_library)
   steps = {'timm (PyTorch)': torch_step, 'stvit_jax (JAX)': lambda: jax.block_until_ready(case.step())}
   for fn in steps.values():  # warm-up: allocator, caches, lazy init
     fn()
@@ -89,7 +93,7 @@ def main():
   print(f'# {args.model}, batch {args.batch}, float32 inference, {args.threads} threads '
         f'(cores {sorted(os.sched_getaffinity(0))}); torch {torch.__version__} '
         f'({torch.get_num_threads()} threads), timm {timm.__version__}, jax {jax.__version__}'
-        f'{", torchvision stubbed" if stubbed else ""}')
+        f'{", torchvision stubbed" if stubbed else ""}; {xla_cpu.describe(args.cpu_library)}')
   for name in names:
     v = rates[name]
     print(f'{name:16s} median {statistics.median(v):6.2f} img/s   min {min(v):6.2f}   '

@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stvit_jax import cli, cpu_allocator, flops, sharding
+from stvit_jax import cli, cpu_allocator, flops, sharding, xla_cpu
 
 DTYPES = ('float32', 'bfloat16')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: configs/
@@ -106,25 +106,29 @@ def _memory(compiled):
              - m.alias_size_in_bytes)
 
 
-def _compile(fn, *args, donate=()):
+def _compile(fn, *args, donate=(), cpu_library=xla_cpu.DEFAULT):
   start = time.perf_counter()
-  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
+  compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(
+      xla_cpu.compiler_options(cpu_library))
   return compiled, time.perf_counter() - start
 
 
 def model_case(name, batch, *, dtype='float32', train=False, image_size=224,
-               num_classes=1000, seed=0, num_frames=32, recipe=None, **overrides):
+               num_classes=1000, seed=0, num_frames=32, recipe=None,
+               cpu_library=xla_cpu.DEFAULT, **overrides):
   """Builds, compiles and returns a `Case` for `models.create(name)` at `batch`
   (images, or clips of `num_frames` frames for video models: then img/s is clips/s).
 
   train=True times the trainer's own step (`train.build`): the paper's recipe
   (`configs/common.py`: Mixup / CutMix, label smoothing, gradient clipping, AdamW)
   with `recipe` ({'optim.grad_accum_steps': 2, 'ema_decay': 0.999, ...}) applied.
+  On CPU, dots and convolutions go to `cpu_library` (stvit_jax/xla_cpu.py).
   """
   from stvit_jax import models  # the registry imports every family: only when needed
   if train:
     return _train_case(name, batch, dtype=dtype, image_size=image_size,
-                       num_classes=num_classes, seed=seed, recipe=recipe or {}, **overrides)
+                       num_classes=num_classes, seed=seed, recipe=recipe or {},
+                       cpu_library=cpu_library, **overrides)
   model = models.create(name, dtype=dtype, seed=seed, num_classes=num_classes,
                         img_size=image_size, **overrides)
   macs = flops.model_macs(model, image_size, num_frames=num_frames)
@@ -137,7 +141,7 @@ def model_case(name, batch, *, dtype='float32', train=False, image_size=224,
     logits, _ = nnx.merge(graphdef, state)(images, train=False)
     return logits
 
-  compiled, seconds = _compile(forward, state, images)
+  compiled, seconds = _compile(forward, state, images, cpu_library=cpu_library)
   step = lambda: compiled(state, images)  # noqa: E731
   return Case(f'{name}', batch, step, 2 * macs * batch, macs, seconds, _memory(compiled),
               compiled=compiled)
@@ -165,7 +169,7 @@ def train_config(name, batch, *, dtype, image_size, num_classes, seed, recipe, *
   return config
 
 
-def _train_case(name, batch, *, seed, recipe, **options):
+def _train_case(name, batch, *, seed, recipe, cpu_library, **options):
   """The trainer's jitted train step (`train.build`) on one device, state donated."""
   from stvit_jax import train  # pylint: disable=g-import-not-at-top
   from stvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -173,7 +177,7 @@ def _train_case(name, batch, *, seed, recipe, **options):
   mesh = sharding.make_mesh(config, devices=jax.devices()[:1])  # one device, as every case
   train.check_config(config, pipeline.DatasetInfo(config.model.num_classes, 0, 0), mesh)
   trainer = train.build(config, mesh, pipeline.batch_spec(config.data, batch),
-                        steps_per_epoch=1000)
+                        steps_per_epoch=1000, cpu_library=cpu_library)
   rng = np.random.default_rng(seed)
   batch_data = {}
   for key, spec in trainer.batch_spec.items():
@@ -206,15 +210,24 @@ def describe_recipe(config):
           f'drop_path {config.model.get("drop_path_rate", 0)}')
 
 
-def matmul_case(dtype='float32', n=None):
+def matmul_case(dtype='float32', n=None, cpu_library=xla_cpu.DEFAULT):
   """An n x n x n matmul in `dtype`: the attainable matmul peak of the device."""
   if n is None:  # big enough to saturate the device, small enough to time quickly
     n = 2048 if jax.default_backend() == 'cpu' else 8192
   keys = jax.random.split(jax.random.key(0), 2)
   a, b = (jax.random.normal(k, (n, n), jnp.dtype(dtype)) for k in keys)
-  compiled, seconds = _compile(jnp.matmul, a, b)
-  return Case(f'matmul {n}^3', 1, lambda: compiled(a, b), 2.0 * n ** 3, 0.0, seconds,
-              _memory(compiled))
+  compiled, seconds = _compile(jnp.matmul, a, b, cpu_library=cpu_library)
+  cpu = jax.default_backend() == 'cpu' and not xla_cpu.user_sets_option()
+  return Case(f'matmul {n}^3' + (f' ({cpu_library})' if cpu else ''), 1,
+              lambda: compiled(a, b), 2.0 * n ** 3, 0.0, seconds, _memory(compiled))
+
+
+def peak_cases(dtype='float32', n=None):
+  """The matmul peak cases: on CPU one per XLA:CPU library (the peak is the faster of them,
+  whichever library the models use), else one."""
+  if jax.default_backend() != 'cpu' or xla_cpu.user_sets_option():
+    return [matmul_case(dtype, n)]
+  return [matmul_case(dtype, n, library) for library in xla_cpu.LIBRARIES]
 
 
 def measure(cases, *, rounds=5, warmup=2, min_time=1.0, log=None):
@@ -249,10 +262,16 @@ def _paired_ratio(rates, base):
   return statistics.median(r / b for r, b in zip(rates, base))
 
 
-def rows(cases, peak_case):
+def peak_of(peak_cases):
+  """(FLOP/s, case) of the fastest peak case, by its median over rounds."""
+  return max(((c.flops_per_call / statistics.median(c.seconds), c) for c in peak_cases),
+             key=lambda rate_case: rate_case[0])
+
+
+def rows(cases, peak_cases):
   """Table rows (dicts). Speed-ups are against the first model at the same batch
-  and against the dense counterpart, paired by round."""
-  peak = peak_case.flops_per_call / statistics.median(peak_case.seconds)
+  and against the dense counterpart, paired by round; %peak is of the fastest peak case."""
+  peak, _ = peak_of(peak_cases)
   out, first = [], {}
   rates_of = {(c.name, c.batch): [c.batch / s for s in c.seconds] for c in cases}
   for case in cases:
@@ -338,6 +357,9 @@ def main(argv=None):
                       help='seconds per case per round (at least one call)')
   parser.add_argument('--matmul', type=int, default=None,
                       help='side of the peak matmul (default 2048 on CPU, 8192 elsewhere)')
+  parser.add_argument('--cpu_library', choices=tuple(xla_cpu.LIBRARIES), default=xla_cpu.DEFAULT,
+                      help="on CPU: XLA's library for the models' dots and convolutions "
+                      '(stvit_jax/xla_cpu.py); the matmul peak is the faster of both')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='model option for every model, e.g. --set embed_dim=64 (int/float/str)')
   parser.add_argument('--json', metavar='PATH', help='also write the rows as JSON')
@@ -368,14 +390,16 @@ def main(argv=None):
   dev = jax.devices()[0]
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
   log(f'device {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, '
-      f'{args.dtype}, {"train" if args.train else "inference"}')
+      f'{args.dtype}, {"train" if args.train else "inference"}; '
+      f'{xla_cpu.describe(args.cpu_library)}')
   cases = []
   for batch in args.batch:
     for name in names:
       try:
         case = model_case(name, batch, dtype=args.dtype, train=args.train,
                           image_size=args.image_size, num_classes=args.num_classes,
-                          num_frames=args.num_frames, recipe=recipe, **overrides)
+                          num_frames=args.num_frames, recipe=recipe,
+                        cpu_library=args.cpu_library, **overrides)
       except ValueError as err:  # a bad --recipe / --set value, or batch vs accumulation
         parser.error(str(err))
       log(f'compiled {name} batch {batch} in {case.compile_s:.1f}s')
@@ -387,18 +411,21 @@ def main(argv=None):
                             about=f'{dev.device_kind} ({jax.default_backend()}), {args.dtype}, '
                             f'{mode}'))
     return 0
-  peak_case = matmul_case(args.dtype, args.matmul)
-  measure(cases + [peak_case], rounds=args.rounds, warmup=args.warmup,
+  peaks = peak_cases(args.dtype, args.matmul)
+  measure(cases + peaks, rounds=args.rounds, warmup=args.warmup,
           min_time=args.min_time, log=log)
-  table, peak = rows(cases, peak_case)
+  table, peak = rows(cases, peaks)
+  peak_case = peak_of(peaks)[1]
   mode = ("the trainer's train step (train.build: fwd+bwd+AdamW)" if args.train
           else 'inference')
   print(f'# {dev.device_kind} ({jax.default_backend()}), {args.dtype}, {mode}, '
         f'{args.image_size}px (video: {args.num_frames}-frame clips, img/s = clips/s), '
         f'{args.rounds} alternating rounds; jax {jax.__version__}')
-  print(f'# malloc keeps freed memory (stvit_jax.cpu_allocator): {cpu_allocator.kept}')
-  print(f'# measured peak: {peak_case.name} {args.dtype} = {peak / 1e9:.1f} GFLOP/s '
-        f'(median of rounds)')
+  print(f'# malloc keeps freed memory (stvit_jax.cpu_allocator): {cpu_allocator.kept}; '
+        f'{xla_cpu.describe(args.cpu_library)}')
+  print('# measured peak: ' + ', '.join(
+      f'{c.name} {args.dtype} = {c.flops_per_call / statistics.median(c.seconds) / 1e9:.1f}'
+      for c in peaks) + f' GFLOP/s (median of rounds); %peak is of {peak / 1e9:.1f}')
   if args.train:
     print(f'# train step: {cases[0].recipe}')
   print(format_table(table))
@@ -416,6 +443,7 @@ def main(argv=None):
   if args.json:
     meta = dict(device=dev.device_kind, backend=jax.default_backend(), jax=jax.__version__,
                 dtype=args.dtype, train=args.train, image_size=args.image_size,
+                cpu_library=xla_cpu.describe(args.cpu_library),
                 rounds=args.rounds, peak_flops_per_s=peak, peak_case=peak_case.name,
                 device_peak_memory_bytes=device_peak, overrides=overrides)
     with open(args.json, 'w') as f:

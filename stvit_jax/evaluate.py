@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from stvit_jax import sharding
+from stvit_jax import sharding, xla_cpu
 
 
 def inputs_key(batch):
@@ -35,7 +35,8 @@ def view_probabilities(apply_fn, variables, views):
   return jax.nn.softmax(logits.reshape(b, v, -1)).mean(axis=1)
 
 
-def make_eval_step(apply_fn, *, num_classes, mesh, variable_shardings):
+def make_eval_step(apply_fn, *, num_classes, mesh, variable_shardings,
+                   cpu_library=xla_cpu.DEFAULT):
   """jit(eval_step)(variables, batch) -> masked sums {loss, top1, top5, count}.
 
   `apply_fn(variables, inputs) -> logits` runs the model in inference mode.
@@ -65,7 +66,8 @@ def make_eval_step(apply_fn, *, num_classes, mesh, variable_shardings):
 
   return jax.jit(eval_step,
                  in_shardings=(variable_shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+                 out_shardings=sharding.replicated(mesh),
+                 compiler_options=xla_cpu.compiler_options(cpu_library, mesh=mesh))
 
 
 def evaluate(eval_step, variables, batches, mesh, *, expected_count=None):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import os
 import sys
@@ -131,16 +132,19 @@ def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
   for a video model: the probabilities averaged over clips x crops views)."""
   import jax
   from flax import nnx
+  from stvit_jax import models, xla_cpu  # pylint: disable=g-import-not-at-top
 
-  @nnx.jit
-  def probabilities(model, images):
-    return jax.nn.softmax(model(images, train=False)[0].astype('float32'), axis=-1)
+  graphdef, state = nnx.split(model)
 
-  from stvit_jax import models  # pylint: disable=g-import-not-at-top
+  @functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options())
+  def probabilities(state, images):
+    logits = nnx.merge(graphdef, state)(images, train=False)[0]
+    return jax.nn.softmax(logits.astype('float32'), axis=-1)
+
   results = []
   if models.registry.input_kind(model) == 'video':  # the family record says
     for f in files:
-      p = np.asarray(probabilities(model, preprocess_clip(f, model, clips, crops))).mean(0)
+      p = np.asarray(probabilities(state, preprocess_clip(f, model, clips, crops))).mean(0)
       best = np.argsort(-p)[:top]
       results.append((f, [(float(p[i]), int(i)) for i in best]))
     return results
@@ -150,7 +154,7 @@ def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
     if len(chunk) < batch_size and len(files) > batch_size:  # one compiled shape
       images = np.concatenate([images, np.zeros((batch_size - len(chunk),) + images.shape[1:],
                                                 images.dtype)])
-    probs = np.asarray(probabilities(model, images))[:len(chunk)]
+    probs = np.asarray(probabilities(state, images))[:len(chunk)]
     for f, p in zip(chunk, probs):
       best = np.argsort(-p)[:top]
       results.append((f, [(float(p[i]), int(i)) for i in best]))

@@ -27,7 +27,7 @@ from absl import logging
 from flax import nnx
 
 from stvit_jax import (checkpoint, evaluate, health, models, optim, paths, runconfig, sharding,
-                       warm_start)
+                       warm_start, xla_cpu)
 from stvit_jax.data import device_augment, mixup, pipeline, video
 from stvit_jax.metric_writer import MetricWriter
 
@@ -179,10 +179,12 @@ def abstract_state(init_state, mesh, rules):
   return abstract, shardings
 
 
-def jit_train_step(train_step, mesh, shardings):
-  """The step as the trainer compiles it: state donated, batch split over all devices."""
+def jit_train_step(train_step, mesh, shardings, cpu_library=xla_cpu.DEFAULT):
+  """The step as the trainer compiles it: state donated, batch split over all devices
+  (on CPU, dots and convolutions by `cpu_library`: stvit_jax/xla_cpu.py)."""
   return jax.jit(train_step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0,
+                 compiler_options=xla_cpu.compiler_options(cpu_library, mesh=mesh))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,12 +226,13 @@ class Trainer:
     return self.train_step.lower(self.abstract, self.batch_spec)
 
 
-def build(config, mesh, batch_spec, *, steps_per_epoch):
+def build(config, mesh, batch_spec, *, steps_per_epoch, cpu_library=xla_cpu.DEFAULT):
   """The trainer of `config` on `mesh` for batches like `batch_spec`.
 
   `batch_spec` ({key: (shape, dtype)} or ShapeDtypeStructs of one global batch)
   comes from the data side (`pipeline.batch_spec`); `steps_per_epoch` turns the config's epochs into
-  steps (it changes the schedule's constants, not the program's shapes).
+  steps (it changes the schedule's constants, not the program's shapes). On CPU the
+  steps' dots and convolutions go to `cpu_library` (stvit_jax/xla_cpu.py).
   """
   steps = schedule_steps(config, steps_per_epoch)
   schedule = optim.learning_rate(config, steps.total, steps.warmup)
@@ -246,11 +249,12 @@ def build(config, mesh, batch_spec, *, steps_per_epoch):
                 for k, v in batch_spec.items()}
   num_classes = config.model.num_classes
   train_step = jit_train_step(make_train_step(config, apply, tx, schedule, num_classes, inputs),
-                              mesh, shardings)
+                              mesh, shardings, cpu_library)
   var_shardings = {'params': shardings['params'], 'batch_stats': shardings['batch_stats']}
   eval_step = evaluate.make_eval_step(
       lambda v, x: apply(v, device_augment.eval_images(x, config.data), train=False)[0],
-      num_classes=num_classes, mesh=mesh, variable_shardings=var_shardings)
+      num_classes=num_classes, mesh=mesh, variable_shardings=var_shardings,
+      cpu_library=cpu_library)
   return Trainer(config, mesh, steps, schedule, tx, graphdef, rngs, apply, init_state,
                  abstract, shardings, batch_spec, inputs, train_step, eval_step,
                  checkpoint.describe(config, abs_params))

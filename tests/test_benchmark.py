@@ -67,7 +67,7 @@ def test_swin_and_bfloat16_cases_build():
                               window_size=4)
   peak = benchmark.matmul_case('bfloat16', 64)
   benchmark.measure([case, peak], rounds=1, warmup=1, min_time=0)
-  rows, flops_per_s = benchmark.rows([case], peak)
+  rows, flops_per_s = benchmark.rows([case], [peak])
   assert rows[0]['images_per_s'] > 0 and flops_per_s > 0
   assert 'swin_tiny' in benchmark.format_table(rows)
 
