@@ -43,10 +43,18 @@ def _harmless(field):
   return any(field == h or (h.endswith('.') and field.startswith(h)) for h in HARMLESS)
 
 
+def _added_later():
+  """{field: value}: fields newer than some checkpoints, with the value that older code
+  ran as. A checkpoint without the field ran as that value: resuming at it is no change."""
+  from stvit_jax.models import execution  # pylint: disable=g-import-not-at-top
+  return {f'model.{k}': v for k, v in execution.DEFAULTS.items()}
+
+
 def changes(saved, current):
   """[(field, saved value, current value)] for the fields that break exact resume."""
   a, b = flatten(saved), flatten(current)
   missing = object()
+  a = {**{k: v for k, v in _added_later().items() if k in b}, **a}
   return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
           if a.get(k, missing) != b.get(k, missing) and not _harmless(k)]
 

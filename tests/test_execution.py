@@ -79,6 +79,70 @@ def test_execution_options_are_model_options_and_checked():
     models.create('deit_small', remat_policy='some', **TINY['deit_small'])
 
 
+SCANNED = {  # each with a run of repeated blocks (Swin stage 3: 3 pairs) and drop path
+    'deit_small': dict(embed_dim=32, num_heads=2, depth=4, img_size=32, drop_path_rate=0.2),
+    'swin_small': dict(embed_dim=16, depths=(2, 2, 6, 2), num_heads=(1, 2, 2, 4), img_size=64,
+                       window_size=2, drop_path_rate=0.2),
+    'video_swin_tiny': dict(embed_dim=16, depths=(2, 2, 4, 2), num_heads=(1, 2, 2, 4),
+                            window_size=(2, 3, 3), num_frames=4, img_size=48, num_classes=5,
+                            drop_path_rate=0.2),
+}
+
+
+def scanned_input(name):
+  kw = SCANNED[name]
+  shape = ((2, kw['num_frames']) if 'num_frames' in kw else (2,)) + (kw['img_size'],) * 2 + (3,)
+  return jnp.asarray(np.random.default_rng(1).standard_normal(shape), jnp.float32)
+
+
+def train_step_results(model, x):
+  """Loss, gradients and the rng stream state after one training forward."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params):
+    m = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, rest))
+    return jnp.sum(m(x, train=True)[0] ** 2), nnx.state(m, nnx.Not(nnx.Param))
+  (value, streams), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+  return value, grads, [jax.random.key_data(s) if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key)
+                        else s for s in jax.tree.leaves(streams)]
+
+
+@pytest.mark.slow  # ~60 s on 2 cores
+@pytest.mark.parametrize('name, remat', [('deit_small', 'none'), ('swin_small', 'none'),
+                                         ('swin_small', 'full'), ('video_swin_tiny', 'none')])
+def test_scan_layers_gives_the_loops_loss_gradients_and_drop_path_masks(name, remat):
+  x = scanned_input(name)
+  loop = train_step_results(models.create(name, remat_policy=remat, **SCANNED[name]), x)
+  scan = train_step_results(models.create(name, remat_policy=remat, scan_layers=True,
+                                          **SCANNED[name]), x)
+  np.testing.assert_allclose(scan[0], loop[0], rtol=1e-6)  # the same blocks were dropped
+  for g, h in zip(jax.tree.leaves(scan[1]), jax.tree.leaves(loop[1])):
+    np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-5 * float(jnp.abs(h).max()) + 1e-12)
+  for a, b in zip(scan[2], loop[2]):  # every block's stream advanced as in the loop
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('name, scans', [('deit_small', 1), ('swin_small', 1),
+                                         ('video_swin_tiny', 1)])
+def test_scan_layers_scans_the_repeats_and_keeps_the_parameters(name, scans):
+  x = scanned_input(name)
+  loop = models.create(name, **SCANNED[name])
+  scan = models.create(name, scan_layers=True, **SCANNED[name])
+  assert jax.tree.structure(nnx.state(scan)) == jax.tree.structure(nnx.state(loop))  # names
+  out = jax.jit(lambda x: scan(x)[0])(x)  # a model closed over by jit: nothing is mutated
+  np.testing.assert_allclose(out, loop(x)[0], rtol=1e-5, atol=1e-6)
+  # deit: block 0 has no drop path (rate 0), blocks 1-3 are one scan; swin / video:
+  # stage 3's pairs are one scan, the 2-block stages stay loops
+  assert str(jax.make_jaxpr(lambda x: scan(x)[0])(x)).count('scan[') == scans
+  assert 'scan[' not in str(jax.make_jaxpr(lambda x: loop(x)[0])(x))
+
+
+def test_scan_layers_is_checked():
+  assert models.options('swin_base')['scan_layers'] is False
+  with pytest.raises(ValueError, match="scan_layers='yes'.*True or False"):
+    models.create('deit_small', scan_layers='yes', **TINY['deit_small'])
+
+
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_depthwise_conv_equals_the_grouped_convolution(dtype):
   conv = nnx.Conv(8, 8, (3, 3), padding=1, feature_group_count=8, dtype=dtype, rngs=nnx.Rngs(0))

@@ -75,16 +75,23 @@ class Mlp(nnx.Module):
 
 
 class DropPath(nnx.Module):
-  """Stochastic depth: drops the whole residual branch per sample."""
+  """Stochastic depth: drops the whole residual branch per sample.
+
+  A layer scan (models.execution, scan_layers) runs same-shaped blocks through one
+  traced body: `rate` is then that block's traced float32 rate, so the code below
+  decides on the stream's presence (rate > 0 at construction), not on the value,
+  and computes in float32 either way (the same numbers scanned or not).
+  """
+  per_block_data = ('rate',)  # numbers a layer scan feeds as data (models.execution)
 
   def __init__(self, rate, *, rngs):
     self.rate = float(rate)
     self.rngs = rngs['dropout'].fork() if self.rate > 0 else nnx.data(None)
 
   def __call__(self, x, *, train):
-    if not train or self.rate == 0.0:
+    if not train or self.rngs is None:
       return x
-    keep = 1.0 - self.rate
+    keep = 1.0 - jnp.asarray(self.rate, jnp.float32)
     mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
 

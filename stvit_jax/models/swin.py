@@ -131,12 +131,12 @@ class SwinStage(nnx.Module):
                   mlp_ratio=mlp_ratio, drop_path=drop_paths[i], dtype=dtype, rngs=rngs)
         for i in range(depth)])
     self.downsample = (PatchMerging(dim, grid, dtype=dtype, rngs=rngs) if downsample else None)
+    self.scan_layers = False  # models.execution.configure
 
   def __call__(self, x, *, train, aux=None):
     """Returns (output tokens, the stage's feature map before merging)."""
     del aux  # plain stages add nothing to the model's aux
-    for block in self.blocks:
-      x = block(x, train=train)
+    x = execution.run_blocks(self.blocks, x, train=train, scan=self.scan_layers, period=2)
     features = x.reshape(x.shape[0], *self.grid, -1)
     return (x if self.downsample is None else self.downsample(x)), features
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from stvit_jax.models import layers, swin
+from stvit_jax.models import execution, layers, swin
 
 VARIANTS = swin.VARIANTS  # the same (embed_dim, depths, heads) rows as image Swin
 WINDOW = (8, 7, 7)
@@ -114,7 +114,9 @@ class SwinBlock3D(nnx.Module):
     self.norm2 = layers.layer_norm(dim, eps=1e-5, rngs=rngs)
     self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+    self.remat_policy = 'none'  # models.execution.configure
 
+  @execution.rematerialised
   def __call__(self, x, *, train):
     b, d, h, w, c = x.shape
     window, shift = window_and_shift((d, h, w), self.window, self.shift)
@@ -164,12 +166,12 @@ class VideoSwinStage(nnx.Module):
                     mlp_ratio=mlp_ratio, drop_path=drop_paths[i], dtype=dtype, rngs=rngs)
         for i in range(depth)])
     self.downsample = PatchMerging3D(dim, dtype=dtype, rngs=rngs) if downsample else None
+    self.scan_layers = False  # models.execution.configure
 
   def __call__(self, x, *, train, aux=None):
     """Returns (output, the stage's feature map (B, D, H, W, C) before merging)."""
     del aux
-    for block in self.blocks:
-      x = block(x, train=train)
+    x = execution.run_blocks(self.blocks, x, train=train, scan=self.scan_layers, period=2)
     return (x if self.downsample is None else self.downsample(x)), x
 
 

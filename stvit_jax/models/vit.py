@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from stvit_jax.models import layers
+from stvit_jax.models import execution, layers
 
 # name -> (embed_dim, num_heads); depth 12, patch 16 for all.
 VARIANTS = {'tiny': (192, 3), 'small': (384, 6), 'base': (768, 12)}
@@ -68,6 +68,7 @@ class VisionTransformer(nnx.Module):
     self.head = layers.linear(embed_dim, num_classes, dtype=jnp.float32, rngs=rngs)
     self.head_dist = (layers.linear(embed_dim, num_classes, dtype=jnp.float32, rngs=rngs)
                       if distilled else None)
+    self.scan_layers = False  # models.execution.configure
 
   def __call__(self, images, *, train=False):
     check_image_size(images, self.img_size, type(self).__name__)
@@ -76,8 +77,7 @@ class VisionTransformer(nnx.Module):
     prefix = [jnp.broadcast_to(t, (x.shape[0], 1, x.shape[-1])) for t in prefix]
     x = self.pos_drop(jnp.concatenate(prefix + [x], axis=1) + self.pos_embed[...],
                       deterministic=not train)
-    for block in self.blocks:
-      x = block(x, train=train)
+    x = execution.run_blocks(self.blocks, x, train=train, scan=self.scan_layers)
     x = self.norm(x)
     logits = self.head(x[:, 0])
     aux = {'features': x}
