@@ -106,7 +106,7 @@ def _memory(compiled):
              - m.alias_size_in_bytes)
 
 
-def _compile(fn, *args, donate=(), cpu_library=xla_cpu.DEFAULT):
+def _compile(fn, *args, donate=(), cpu_library=xla_cpu.INFERENCE):
   start = time.perf_counter()
   compiled = jax.jit(fn, donate_argnums=donate).lower(*args).compile(
       xla_cpu.compiler_options(cpu_library))
@@ -115,14 +115,15 @@ def _compile(fn, *args, donate=(), cpu_library=xla_cpu.DEFAULT):
 
 def model_case(name, batch, *, dtype='float32', train=False, image_size=224,
                num_classes=1000, seed=0, num_frames=32, recipe=None,
-               cpu_library=xla_cpu.DEFAULT, **overrides):
+               cpu_library=None, **overrides):
   """Builds, compiles and returns a `Case` for `models.create(name)` at `batch`
   (images, or clips of `num_frames` frames for video models: then img/s is clips/s).
 
   train=True times the trainer's own step (`train.build`): the paper's recipe
   (`configs/common.py`: Mixup / CutMix, label smoothing, gradient clipping, AdamW)
   with `recipe` ({'optim.grad_accum_steps': 2, 'ema_decay': 0.999, ...}) applied.
-  On CPU, dots and convolutions go to `cpu_library` (stvit_jax/xla_cpu.py).
+  On CPU, dots and convolutions go to `cpu_library` (stvit_jax/xla_cpu.py; None: the
+  trainer's choice for its step, xla_cpu.INFERENCE for a forward).
   """
   from stvit_jax import models  # the registry imports every family: only when needed
   if train:
@@ -141,7 +142,8 @@ def model_case(name, batch, *, dtype='float32', train=False, image_size=224,
     logits, _ = nnx.merge(graphdef, state)(images, train=False)
     return logits
 
-  compiled, seconds = _compile(forward, state, images, cpu_library=cpu_library)
+  compiled, seconds = _compile(forward, state, images,
+                               cpu_library=cpu_library or xla_cpu.INFERENCE)
   step = lambda: compiled(state, images)  # noqa: E731
   return Case(f'{name}', batch, step, 2 * macs * batch, macs, seconds, _memory(compiled),
               compiled=compiled)
@@ -210,7 +212,7 @@ def describe_recipe(config):
           f'drop_path {config.model.get("drop_path_rate", 0)}')
 
 
-def matmul_case(dtype='float32', n=None, cpu_library=xla_cpu.DEFAULT):
+def matmul_case(dtype='float32', n=None, cpu_library=xla_cpu.INFERENCE):
   """An n x n x n matmul in `dtype`: the attainable matmul peak of the device."""
   if n is None:  # big enough to saturate the device, small enough to time quickly
     n = 2048 if jax.default_backend() == 'cpu' else 8192
@@ -357,9 +359,11 @@ def main(argv=None):
                       help='seconds per case per round (at least one call)')
   parser.add_argument('--matmul', type=int, default=None,
                       help='side of the peak matmul (default 2048 on CPU, 8192 elsewhere)')
-  parser.add_argument('--cpu_library', choices=tuple(xla_cpu.LIBRARIES), default=xla_cpu.DEFAULT,
+  parser.add_argument('--cpu_library', choices=tuple(xla_cpu.LIBRARIES), default=None,
                       help="on CPU: XLA's library for the models' dots and convolutions "
-                      '(stvit_jax/xla_cpu.py); the matmul peak is the faster of both')
+                      f'(stvit_jax/xla_cpu.py; default {xla_cpu.INFERENCE} for inference, '
+                      f'{xla_cpu.TRAINING} with --train, as the trainer); the matmul peak is '
+                      'the faster of both')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='model option for every model, e.g. --set embed_dim=64 (int/float/str)')
   parser.add_argument('--json', metavar='PATH', help='also write the rows as JSON')
@@ -387,11 +391,12 @@ def main(argv=None):
   if unknown:
     parser.error(f'unknown model(s) {unknown}; valid: {", ".join(models.names())}')
 
+  library = args.cpu_library or (xla_cpu.TRAINING if args.train else xla_cpu.INFERENCE)
   dev = jax.devices()[0]
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
   log(f'device {dev.device_kind} ({jax.default_backend()}), jax {jax.__version__}, '
       f'{args.dtype}, {"train" if args.train else "inference"}; '
-      f'{xla_cpu.describe(args.cpu_library)}')
+      f'{xla_cpu.describe(library)}')
   cases = []
   for batch in args.batch:
     for name in names:
@@ -399,7 +404,7 @@ def main(argv=None):
         case = model_case(name, batch, dtype=args.dtype, train=args.train,
                           image_size=args.image_size, num_classes=args.num_classes,
                           num_frames=args.num_frames, recipe=recipe,
-                        cpu_library=args.cpu_library, **overrides)
+                        cpu_library=library, **overrides)
       except ValueError as err:  # a bad --recipe / --set value, or batch vs accumulation
         parser.error(str(err))
       log(f'compiled {name} batch {batch} in {case.compile_s:.1f}s')
@@ -422,7 +427,7 @@ def main(argv=None):
         f'{args.image_size}px (video: {args.num_frames}-frame clips, img/s = clips/s), '
         f'{args.rounds} alternating rounds; jax {jax.__version__}')
   print(f'# malloc keeps freed memory (stvit_jax.cpu_allocator): {cpu_allocator.kept}; '
-        f'{xla_cpu.describe(args.cpu_library)}')
+        f'{xla_cpu.describe(library)}')
   print('# measured peak: ' + ', '.join(
       f'{c.name} {args.dtype} = {c.flops_per_call / statistics.median(c.seconds) / 1e9:.1f}'
       for c in peaks) + f' GFLOP/s (median of rounds); %peak is of {peak / 1e9:.1f}')
@@ -443,7 +448,7 @@ def main(argv=None):
   if args.json:
     meta = dict(device=dev.device_kind, backend=jax.default_backend(), jax=jax.__version__,
                 dtype=args.dtype, train=args.train, image_size=args.image_size,
-                cpu_library=xla_cpu.describe(args.cpu_library),
+                cpu_library=xla_cpu.describe(library),
                 rounds=args.rounds, peak_flops_per_s=peak, peak_case=peak_case.name,
                 device_peak_memory_bytes=device_peak, overrides=overrides)
     with open(args.json, 'w') as f:

@@ -36,7 +36,7 @@ def view_probabilities(apply_fn, variables, views):
 
 
 def make_eval_step(apply_fn, *, num_classes, mesh, variable_shardings,
-                   cpu_library=xla_cpu.DEFAULT):
+                   cpu_library=xla_cpu.INFERENCE):
   """jit(eval_step)(variables, batch) -> masked sums {loss, top1, top5, count}.
 
   `apply_fn(variables, inputs) -> logits` runs the model in inference mode.

@@ -136,7 +136,7 @@ def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
 
   graphdef, state = nnx.split(model)
 
-  @functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options())
+  @functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options(xla_cpu.INFERENCE))
   def probabilities(state, images):
     logits = nnx.merge(graphdef, state)(images, train=False)[0]
     return jax.nn.softmax(logits.astype('float32'), axis=-1)

@@ -179,7 +179,7 @@ def abstract_state(init_state, mesh, rules):
   return abstract, shardings
 
 
-def jit_train_step(train_step, mesh, shardings, cpu_library=xla_cpu.DEFAULT):
+def jit_train_step(train_step, mesh, shardings, cpu_library=xla_cpu.TRAINING):
   """The step as the trainer compiles it: state donated, batch split over all devices
   (on CPU, dots and convolutions by `cpu_library`: stvit_jax/xla_cpu.py)."""
   return jax.jit(train_step, in_shardings=(shardings, sharding.batch_sharding(mesh)),
@@ -226,13 +226,14 @@ class Trainer:
     return self.train_step.lower(self.abstract, self.batch_spec)
 
 
-def build(config, mesh, batch_spec, *, steps_per_epoch, cpu_library=xla_cpu.DEFAULT):
+def build(config, mesh, batch_spec, *, steps_per_epoch, cpu_library=None):
   """The trainer of `config` on `mesh` for batches like `batch_spec`.
 
   `batch_spec` ({key: (shape, dtype)} or ShapeDtypeStructs of one global batch)
   comes from the data side (`pipeline.batch_spec`); `steps_per_epoch` turns the config's epochs into
   steps (it changes the schedule's constants, not the program's shapes). On CPU the
-  steps' dots and convolutions go to `cpu_library` (stvit_jax/xla_cpu.py).
+  steps' dots and convolutions go to `cpu_library` (stvit_jax/xla_cpu.py; None: the
+  train step to xla_cpu.TRAINING, evaluation to xla_cpu.INFERENCE).
   """
   steps = schedule_steps(config, steps_per_epoch)
   schedule = optim.learning_rate(config, steps.total, steps.warmup)
@@ -249,12 +250,12 @@ def build(config, mesh, batch_spec, *, steps_per_epoch, cpu_library=xla_cpu.DEFA
                 for k, v in batch_spec.items()}
   num_classes = config.model.num_classes
   train_step = jit_train_step(make_train_step(config, apply, tx, schedule, num_classes, inputs),
-                              mesh, shardings, cpu_library)
+                              mesh, shardings, cpu_library or xla_cpu.TRAINING)
   var_shardings = {'params': shardings['params'], 'batch_stats': shardings['batch_stats']}
   eval_step = evaluate.make_eval_step(
       lambda v, x: apply(v, device_augment.eval_images(x, config.data), train=False)[0],
       num_classes=num_classes, mesh=mesh, variable_shardings=var_shardings,
-      cpu_library=cpu_library)
+      cpu_library=cpu_library or xla_cpu.INFERENCE)
   return Trainer(config, mesh, steps, schedule, tx, graphdef, rngs, apply, init_state,
                  abstract, shardings, batch_spec, inputs, train_step, eval_step,
                  checkpoint.describe(config, abs_params))

@@ -3,18 +3,21 @@
 jax 0.10's XLA:CPU gives dots, convolutions and the elementwise ops fused around
 them to YNNPACK by default (DebugOptions `xla_cpu_experimental_ynn_fusion_type`).
 On this project's 2-core AMD EPYC (AVX2) VM, float32, Eigen (YNNPACK off) runs
-our models faster, although YNNPACK wins a lone square matmul. Measured
-2026-12-02, quiet machine, one process compiling the same forward both ways:
+our models' inference faster, YNNPACK their training steps and a lone square
+matmul. Measured 2026-12-02, quiet machine, each pair in one process:
 
-  deit_small, batch 32          YNNPACK 7.7 img/s   Eigen 9.9 img/s
-  matmul 2048^3                 YNNPACK 132 GFLOP/s Eigen 93 GFLOP/s
-  STViT-R stem conv 48->96 /2   YNNPACK 247 ms      Eigen 90 ms
+  deit_small forward, batch 32          YNNPACK 7.7 img/s    Eigen 9.9 img/s
+  STViT-R stem conv 48->96 /2, batch 32 YNNPACK 247 ms       Eigen 90 ms
+  matmul 2048^3                         YNNPACK 108 GFLOP/s  Eigen 93 GFLOP/s
+  deit_small train step, batch 64       YNNPACK 2.0 img/s    Eigen 1.3 img/s
+    (python -m stvit_jax.benchmark --train --cpu_library ..., two runs)
 
-So the model steps (trainer, evaluation, benchmark, predict) are compiled with
-`compiler_options(...)`, which is per executable: nothing global changes, and
-`benchmark` can take its matmul peak as the better of both libraries in the
-same process. Only the CPU backend is affected. A user's own XLA_FLAGS setting
-of the option stands: then no option is passed.
+So each step is compiled with `compiler_options(...)` for its kind: INFERENCE
+(evaluation, predict, the benchmark's forward) and TRAINING (the train step).
+The option is per executable: nothing global changes, and `benchmark` takes its
+matmul peak as the better of both libraries in the same process. Only the CPU
+backend is affected. A user's own XLA_FLAGS setting of the option stands: then
+no option is passed.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ import os
 OPTION = 'xla_cpu_experimental_ynn_fusion_type'
 # library -> the option's value; None leaves XLA's default (YNNPACK's fusions on)
 LIBRARIES = {'eigen': '', 'ynnpack': None}
-DEFAULT = 'eigen'
+INFERENCE = 'eigen'   # forward-only steps
+TRAINING = 'ynnpack'  # forward + backward + optimizer
 
 
 def check_library(library):
@@ -47,7 +51,7 @@ def platform(mesh=None):
   return jax.default_backend()
 
 
-def compiler_options(library=DEFAULT, *, mesh=None):
+def compiler_options(library, *, mesh=None):
   """`compiler_options` for `jax.jit` / `.compile` giving XLA:CPU's dots and convolutions
   to `library` ('eigen' or 'ynnpack') for a step on `mesh` (default: JAX's default
   backend); {} off CPU, for XLA's default, or when XLA_FLAGS sets the option itself."""
@@ -57,7 +61,7 @@ def compiler_options(library=DEFAULT, *, mesh=None):
   return {OPTION: value}
 
 
-def describe(library=DEFAULT):
+def describe(library):
   """Which library this process's CPU steps use, for run headers."""
   if platform() != 'cpu':
     return f'{platform()}: no XLA:CPU library choice'

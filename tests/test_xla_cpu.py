@@ -39,14 +39,16 @@ def test_an_unknown_library_names_the_valid_ones():
     xla_cpu.compiler_options('mkl')
 
 
-def test_the_trainers_and_benchmarks_steps_use_the_default_library(monkeypatch):
+def test_inference_steps_use_eigen_and_the_train_step_ynnpack(monkeypatch):
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   tiny = dict(image_size=32, num_classes=10, embed_dim=16, depth=1, num_heads=2, patch_size=8)
-  for train in (False, True):
-    case = benchmark.model_case('deit_tiny', 2, train=train, **tiny)
-    assert not _uses_ynnpack(case.compiled), train
-  case = benchmark.model_case('deit_tiny', 2, cpu_library='ynnpack', **tiny)
-  assert _uses_ynnpack(case.compiled)
+  assert (xla_cpu.INFERENCE, xla_cpu.TRAINING) == ('eigen', 'ynnpack')
+  assert not _uses_ynnpack(benchmark.model_case('deit_tiny', 2, **tiny).compiled)
+  assert _uses_ynnpack(benchmark.model_case('deit_tiny', 2, train=True, **tiny).compiled)
+  for library, ynnpack in (('ynnpack', True), ('eigen', False)):  # the benchmark's override
+    case = benchmark.model_case('deit_tiny', 2, train=library == 'eigen', cpu_library=library,
+                                **tiny)
+    assert _uses_ynnpack(case.compiled) == ynnpack
 
 
 def test_the_peak_is_the_faster_library(monkeypatch):
