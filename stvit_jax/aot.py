@@ -214,6 +214,11 @@ def _flops(f):
   return f'{f:.3g} FLOP'
 
 
+TRY = ('             try a larger slice, config.mesh.fsdp > 1 (shards params and optimizer '
+       'state), config.optim.grad_accum_steps > 1 (fewer activations live), '
+       'config.model.remat_policy=full or a smaller config.batch_size')
+
+
 def format_report(r):
   mesh = ' x '.join(f'{k}={v}' for k, v in r['mesh'].items())
   lines = [
@@ -224,14 +229,11 @@ def format_report(r):
       f"global batch {r['batch_size']} ({r['batch_size'] // r['chips']} per chip), "
       f"grad_accum_steps={r['grad_accum_steps']}",
   ]
-  if not r['fits']:
+  if 'error' in r:  # XLA refused to compile the step into HBM
     lines += [f"memory/chip  DOES NOT FIT in {r['hbm_gib']} GiB HBM: XLA says",
-              '             ' + r['error'].replace('\n', '\n             '),
-              '             try a larger slice, config.mesh.fsdp > 1 (shards params and '
-              'optimizer state), config.optim.grad_accum_steps > 1 (fewer activations live) '
-              'or a smaller config.batch_size']
+              '             ' + r['error'].replace('\n', '\n             '), TRY]
     return '\n'.join(lines)
-  m = r['memory']
+  m = r['memory']  # compiled; its footprint may still exceed HBM
   lines += [
       f"memory/chip  arguments {_bytes(m['argument'])} + outputs {_bytes(m['output'])} "
       f"- aliased {_bytes(m['alias'])} + temps {_bytes(m['temp'])} "
@@ -243,7 +245,7 @@ def format_report(r):
       f"{_flops(r['flops_per_step'])} on the slice "
       f"({_flops(r['flops_per_step'] / r['batch_size'])} per {r['example']})",
       f"compiled in  {r['compile_s']:.1f} s",
-  ]
+  ] + ([] if r['fits'] else [TRY])
   return '\n'.join(lines)
 
 

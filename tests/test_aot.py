@@ -146,3 +146,6 @@ def test_report_counts_flops_per_clip_for_video():
   text = aot.format_report(report)
   assert 'global batch 64 (4 per chip)' in text and '(395 GFLOP per clip)' in text
   assert 'per image' in aot.format_report({**report, 'example': 'image'})
+  # compiled, but its footprint exceeds HBM: the memory line says so, with what to try
+  over = aot.format_report({**report, 'hbm_gib': 8, 'fits': False})
+  assert 'of 8 GiB HBM (116%): DOES NOT FIT' in over and 'remat_policy=full' in over
