@@ -199,7 +199,9 @@ def compile_train_step(config, topology):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', float('nan')))  # of one device's partitioned program
   report.update(memory=memory, fits=memory['total'] <= topology.chip.hbm_gib * GIB,
-                flops_per_chip=flops, flops_per_step=flops * topology.num_chips)
+                flops_per_chip=flops, flops_per_step=flops * topology.num_chips,
+                # XLA's cost analysis counts a while loop's body once, not per trip
+                flops_lower_bound=bool(config.model.get('scan_layers', False)))
   return report
 
 
@@ -243,7 +245,9 @@ def format_report(r):
       f"{'fits' if r['fits'] else 'DOES NOT FIT'}",
       f"FLOPs/step   {_flops(r['flops_per_chip'])} per chip, "
       f"{_flops(r['flops_per_step'])} on the slice "
-      f"({_flops(r['flops_per_step'] / r['batch_size'])} per {r['example']})",
+      f"({_flops(r['flops_per_step'] / r['batch_size'])} per {r['example']})"
+      + (': a lower bound, XLA counts a scanned block once (scan_layers)'
+         if r.get('flops_lower_bound') else ''),
       f"compiled in  {r['compile_s']:.1f} s",
   ] + ([] if r['fits'] else [TRY])
   return '\n'.join(lines)

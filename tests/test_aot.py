@@ -149,3 +149,5 @@ def test_report_counts_flops_per_clip_for_video():
   # compiled, but its footprint exceeds HBM: the memory line says so, with what to try
   over = aot.format_report({**report, 'hbm_gib': 8, 'fits': False})
   assert 'of 8 GiB HBM (116%): DOES NOT FIT' in over and 'remat_policy=full' in over
+  assert 'lower bound' in aot.format_report({**report, 'flops_lower_bound': True})
+  assert 'lower bound' not in text
