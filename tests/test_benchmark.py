@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from stvit_jax import benchmark, flops, models
+from stvit_jax import benchmark, benchmark_table, flops, models
 
 FAST = ['--rounds', '2', '--warmup', '1', '--min_time', '0', '--matmul', '128']
 
@@ -67,9 +67,9 @@ def test_swin_and_bfloat16_cases_build():
                               window_size=4)
   peak = benchmark.matmul_case('bfloat16', 64)
   benchmark.measure([case, peak], rounds=1, warmup=1, min_time=0)
-  rows, flops_per_s = benchmark.rows([case], [peak])
+  rows, flops_per_s = benchmark_table.rows([case], [peak])
   assert rows[0]['images_per_s'] > 0 and flops_per_s > 0
-  assert 'swin_tiny' in benchmark.format_table(rows)
+  assert 'swin_tiny' in benchmark_table.format_table(rows)
 
 
 def test_dense_counterparts():
