@@ -3,7 +3,7 @@
     from stvit_jax import cli
 
     def main(argv=None):            # argparse tools
-      parser = cli.ArgumentParser(prog='python -m stvit_jax.tool', description=__doc__)
+      parser = cli.ArgumentParser(prog='python -m stvit_jax.tools.NAME', description=__doc__)
       ...
       args = parser.parse_args(argv)
       if bad: raise cli.UserError('--x 3: must be even')   # or parser.error(...)

@@ -4,7 +4,6 @@ import subprocess
 import sys
 import tomllib
 
-import pytest
 
 import stvit_jax
 
@@ -38,8 +37,7 @@ def test_an_upward_import_breaks_the_layers_contract(tmp_path):
   """The contract is not vacuous: models (low) importing weights (high), even inside a
   function, fails lint-imports. Checked on a copy of the package."""
   lint = os.path.join(os.path.dirname(sys.executable), 'lint-imports')
-  if not os.path.exists(lint):
-    pytest.skip('import-linter is not installed (pip install -e ".[test]")')
+  assert os.path.exists(lint), 'import-linter is not installed: pip install -e ".[test]"'
   copy = tmp_path / 'stvit_jax'
   subprocess.run(['cp', '-r', PACKAGE, str(copy)], check=True)
   registry = copy / 'models' / 'registry.py'
