@@ -1,4 +1,4 @@
-"""STViT-DeiT-B on ImageNet-1k, 300 epochs from scratch (spec section 7).
+"""STViT-DeiT-B on ImageNet-1k, 300 epochs from scratch (docs/models.md section 7).
 
 Expected: STViT-DeiT-B not reported in the paper; `:baseline` (dense DeiT-B) 81.8 top-1 at 17.6 GMACs.
 
@@ -8,9 +8,9 @@ Expected: STViT-DeiT-B not reported in the paper; `:baseline` (dense DeiT-B) 81.
 
 Variants (comma separated): baseline, runlocal. `--config.a.b=v` overrides any field.
 """
-from configs import common
+from stvit_jax.train import defaults
 
 
 def get_config(arg=None):
-  return common.imagenet('stvit_deit_base', baseline_name='deit_base', arg=arg,
+  return defaults.imagenet('stvit_deit_base', baseline_name='deit_base', arg=arg,
                          drop_path_rate=0.1)

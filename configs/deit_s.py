@@ -1,4 +1,4 @@
-"""STViT-DeiT-S on ImageNet-1k, 300 epochs from scratch (spec section 7).
+"""STViT-DeiT-S on ImageNet-1k, 300 epochs from scratch (docs/models.md section 7).
 
 Expected: STViT-DeiT-S 79.8 top-1 at 1.91 GMACs; `:baseline` (dense DeiT-S) 79.8 top-1 at 4.6 GMACs.
 
@@ -8,9 +8,9 @@ Expected: STViT-DeiT-S 79.8 top-1 at 1.91 GMACs; `:baseline` (dense DeiT-S) 79.8
 
 Variants (comma separated): baseline, runlocal. `--config.a.b=v` overrides any field.
 """
-from configs import common
+from stvit_jax.train import defaults
 
 
 def get_config(arg=None):
-  return common.imagenet('stvit_deit_small', baseline_name='deit_small', arg=arg,
+  return defaults.imagenet('stvit_deit_small', baseline_name='deit_small', arg=arg,
                          drop_path_rate=0.1)

@@ -1,4 +1,4 @@
-"""STViT-DeiT-T on ImageNet-1k, 300 epochs from scratch (spec section 7).
+"""STViT-DeiT-T on ImageNet-1k, 300 epochs from scratch (docs/models.md section 7).
 
 Expected: STViT-DeiT-T not reported in the paper; `:baseline` (dense DeiT-T) 72.2 top-1 at 1.3 GMACs.
 
@@ -8,9 +8,9 @@ Expected: STViT-DeiT-T not reported in the paper; `:baseline` (dense DeiT-T) 72.
 
 Variants (comma separated): baseline, runlocal. `--config.a.b=v` overrides any field.
 """
-from configs import common
+from stvit_jax.train import defaults
 
 
 def get_config(arg=None):
-  return common.imagenet('stvit_deit_tiny', baseline_name='deit_tiny', arg=arg,
+  return defaults.imagenet('stvit_deit_tiny', baseline_name='deit_tiny', arg=arg,
                          drop_path_rate=0.1)

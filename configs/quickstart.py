@@ -9,12 +9,12 @@ parameters, 1,760 steps of 32. Measured on a quiet 2-core CPU: 516 images/s,
 prepares itself offline on first use. The recipe is the paper's with lighter
 augmentation for tiny images and no horizontal flips (digits are not symmetric).
 """
-from configs import common
+from stvit_jax.train import defaults
 
 
 def get_config(arg=None):
-  common.parse_variants(arg, ())
-  config = common.base(
+  defaults.parse_variants(arg, ())
+  config = defaults.base(
       'stvit_deit_tiny', dataset='stvit_digits', num_classes=10, img_size=32,
       # 8x8 patch grid -> 16 semantic tokens (4x4 pooling windows).
       # depth 4 = 1 ViT block, the 2-layer STGM, 1 block on the semantic tokens.

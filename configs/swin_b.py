@@ -1,4 +1,4 @@
-"""STViT-R-Swin-B on ImageNet-1k, 300 epochs from scratch (spec section 7).
+"""STViT-R-Swin-B on ImageNet-1k, 300 epochs from scratch (docs/models.md section 7).
 
 Expected: STViT-R-Swin-B 83.21 top-1 at 10.26 GMACs; `:baseline` (Swin-B) 83.5 top-1 at 15.4 GMACs;
 `:local` (STViT-Swin-B, semantic tokens without recovery) not reported in the paper.
@@ -10,9 +10,9 @@ Expected: STViT-R-Swin-B 83.21 top-1 at 10.26 GMACs; `:baseline` (Swin-B) 83.5 t
 
 Variants (comma separated): baseline, local, runlocal. `--config.a.b=v` overrides any field.
 """
-from configs import common
+from stvit_jax.train import defaults
 
 
 def get_config(arg=None):
-  return common.imagenet('stvit_r_swin_base', baseline_name='swin_base', arg=arg,
+  return defaults.imagenet('stvit_r_swin_base', baseline_name='swin_base', arg=arg,
                          drop_path_rate=0.5, extra_variants={'local': 'stvit_swin_base'})

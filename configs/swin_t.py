@@ -1,4 +1,4 @@
-"""STViT-R-Swin-T on ImageNet-1k, 300 epochs from scratch (spec section 7).
+"""STViT-R-Swin-T on ImageNet-1k, 300 epochs from scratch (docs/models.md section 7).
 
 Expected: STViT-R-Swin-T not reported in the paper; `:baseline` (Swin-T) 81.3 top-1 at 4.5 GMACs;
 `:local` (STViT-Swin-T, semantic tokens without recovery) not reported in the paper.
@@ -10,9 +10,9 @@ Expected: STViT-R-Swin-T not reported in the paper; `:baseline` (Swin-T) 81.3 to
 
 Variants (comma separated): baseline, local, runlocal. `--config.a.b=v` overrides any field.
 """
-from configs import common
+from stvit_jax.train import defaults
 
 
 def get_config(arg=None):
-  return common.imagenet('stvit_r_swin_tiny', baseline_name='swin_tiny', arg=arg,
+  return defaults.imagenet('stvit_r_swin_tiny', baseline_name='swin_tiny', arg=arg,
                          drop_path_rate=0.2, extra_variants={'local': 'stvit_swin_tiny'})

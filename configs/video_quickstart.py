@@ -24,7 +24,7 @@ equally likely under each of them (tests/test_video_data.py), so only motion
 tells them apart; `:frame` shows the same model one frame per clip.
 Evaluation: 3 clips x 1 crop per video, softmax averaged (the canvas is
 square, so every crop along the long side is the whole frame).
-`stvit_moving_digits` (data/moving_digits.py): 1,000 train / 240 validation
+`stvit_moving_digits` (data/builders/moving_digits.py): 1,000 train / 240 validation
 videos of a digit moving across a 32x32 canvas, written as real mp4 files in
 the Kinetics layout and converted by the Kinetics builder on first use (92 s
 here, offline).
@@ -40,14 +40,14 @@ and one local semantic block; stage 4: one block on the merged 4x4 semantic
 grid. From scratch: no backbone lr multiplier.
 Variants (comma separated): frame, runlocal. `--config.a.b=v` overrides any field.
 """
-from configs import common
+from stvit_jax.train import defaults
 
 NUM_FRAMES = 4  # consecutive (frame_stride 1 below): a span of 4 of the 24 frames
 
 
 def get_config(arg=None):
-  chosen = common.parse_variants(arg, ('frame', 'runlocal'))
-  config = common.video_base(
+  chosen = defaults.parse_variants(arg, ('frame', 'runlocal'))
+  config = defaults.video_base(
       'stvit_video_swin_tiny', dataset='stvit_moving_digits', num_classes=8, img_size=56,
       num_frames=NUM_FRAMES, patch_size=(2, 1, 1), window_size=(2, 7, 7), embed_dim=12,
       depths=(0, 0, 4, 1), num_heads=(1, 1, 2, 4), stgm_after=1, drop_path_rate=0.0,

@@ -12,13 +12,13 @@ affinity mask; a no-op on a 2-core machine at --threads 2) and PyTorch gets
 PyTorch runs `timm.create_model(<timm name>).eval()` (deit_*: <model>_patch16_224,
 swin_*: <model>_patch4_window7_224) under `torch.inference_mode()` (NCHW); JAX
 runs the compiled forward of `stvit_jax.models.create(<model>)` (NHWC), exactly
-as `stvit_jax.benchmark` does (on CPU, dots and convolutions by Eigen unless
-`--cpu_library ynnpack`: stvit_jax/xla_cpu.py). Each round times `--steps` calls of each
+as `stvit_jax.tools.benchmark` does (on CPU, dots and convolutions by Eigen unless
+`--cpu_library ynnpack`: stvit_jax/runtime/xla_cpu.py). Each round times `--steps` calls of each
 framework, alternating which goes first, with a short pause between frameworks
 so that the other one's spinning worker threads have gone to sleep. Prints
 images/s per round and the median ratio, and images per CPU-second of the
-process (robust to other load on a shared machine). As in `stvit_jax.benchmark`,
-the process keeps freed memory (`stvit_jax.cpu_allocator`), for both frameworks.
+process (robust to other load on a shared machine). As in `stvit_jax.tools.benchmark`,
+the process keeps freed memory (`stvit_jax.runtime.cpu_allocator`), for both frameworks.
 
 timm imports torchvision at import time and there is no CPU torchvision wheel
 here, so when torchvision is missing an import stub is installed
@@ -46,20 +46,21 @@ def main():
   parser.add_argument('--steps', type=int, default=1, help='calls per framework per round')
   parser.add_argument('--pause', type=float, default=0.5, help='seconds between frameworks')
   parser.add_argument('--cpu_library', choices=('eigen', 'ynnpack'), default='eigen',
-                      help="XLA:CPU's library for JAX's dots and convolutions (stvit_jax/xla_cpu.py)")
+                      help="XLA:CPU's library for JAX's dots and convolutions (stvit_jax/runtime/xla_cpu.py)")
   args = parser.parse_args()
 
   cores = sorted(os.sched_getaffinity(0))
   if len(cores) > args.threads:
     os.sched_setaffinity(0, cores[:args.threads])
-  from stvit_jax import cpu_allocator
+  from stvit_jax.runtime import cpu_allocator
   cpu_allocator.keep_freed_memory()  # before either framework starts its threads
   stubbed = torchvision_stub.install()
   import numpy as np
   import timm
   import torch
   import jax
-  from stvit_jax import benchmark, xla_cpu
+  from stvit_jax.tools import benchmark
+  from stvit_jax.runtime import xla_cpu
 
   torch.set_num_threads(args.threads)
   rng = np.random.default_rng(0)

@@ -3,9 +3,9 @@
   python scripts/bench_video.py [--videos 24] [--seconds 4] [--workers 1,2] [--batches 6]
 
 Writes Kinetics-like mp4s (340x256 H.264 at 25 fps, textured moving content, so
-the codec has real work), converts them with `python -m stvit_jax.data.kinetics`'s
+the codec has real work), converts them with `python -m stvit_jax.data.builders.kinetics`'s
 code (frames to short side 256, JPEG) with each worker count, then reads the
-result with the video train pipeline at the spec's setting (32 frames, stride 2,
+result with the video train pipeline at the Video Swin recipe's setting (docs/video.md section 1) (32 frames, stride 2,
 RandomResizedCrop 224, flip, normalise). Prints wall rates and rates per
 CPU-second of this process and its children (robust to other load).
 """
@@ -27,7 +27,7 @@ def cpu_seconds():
 
 
 def write_videos(root, count, seconds, fps=25):
-  from stvit_jax.data import kinetics, video_convert  # pylint: disable=g-import-not-at-top
+  from stvit_jax.data.builders import kinetics, video_convert  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   os.makedirs(os.path.join(root, 'annotations'))
   rows = []
@@ -58,7 +58,8 @@ def main():
   parser.add_argument('--batches', type=int, default=6)
   parser.add_argument('--batch', type=int, default=8)
   args = parser.parse_args()
-  from stvit_jax.data import defaults, kinetics, video  # pylint: disable=g-import-not-at-top
+  from stvit_jax.data import defaults, video  # pylint: disable=g-import-not-at-top
+  from stvit_jax.data.builders import kinetics
   tmp = tempfile.mkdtemp(prefix='bench_video_')
   try:
     manual = os.path.join(tmp, 'manual')

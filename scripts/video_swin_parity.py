@@ -12,7 +12,7 @@ mmcv / mmaction / timm imports of the original file are stubbed (the backbone
 needs none of them at inference). Every tensor is randomised (bias tables,
 biases, norm scales away from their init), the state_dict is written in the
 original release layout (`backbone.*`, `cls_head.fc_cls.*`), converted by
-`stvit_jax.convert`, and the logits are compared: max |diff| / max |logit|.
+`stvit_jax.weights.convert`, and the logits are compared: max |diff| / max |logit|.
 """
 import argparse
 import os
@@ -126,7 +126,7 @@ def compare(original, name, clip, *, seed, options=None, classes=400):
   import jax.numpy as jnp
   from flax import nnx
 
-  from stvit_jax import convert
+  from stvit_jax.weights import convert
   dim, depths, heads = (options['embed_dim'], options['depths'], options['num_heads']) \
       if options else VARIANTS[name]
   torch_model = randomize(Recognizer(original, dim, depths, heads, classes), seed)

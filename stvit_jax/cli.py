@@ -3,7 +3,7 @@
     from stvit_jax import cli
 
     def main(argv=None):            # argparse tools
-      parser = cli.ArgumentParser(prog='python -m stvit_jax.tool', description=__doc__)
+      parser = cli.ArgumentParser(prog='python -m stvit_jax.tools.NAME', description=__doc__)
       ...
       args = parser.parse_args(argv)
       if bad: raise cli.UserError('--x 3: must be even')   # or parser.error(...)
@@ -29,6 +29,7 @@ Exit codes (documented in README.md; launch/ scripts rely on them):
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import traceback
@@ -45,8 +46,22 @@ class Diverged(Exception):
   """A non-finite loss or gradient norm; exit code DIVERGED."""
 
 
-class CheckpointError(UserError):
-  """No checkpoint of the workdir is readable, or the workdir's config changed."""
+def key_value(text):
+  """'KEY=VALUE' -> (KEY, VALUE), VALUE read as a Python literal (64, 0.5, True, None,
+  (2, 2, 6, 2), 'avg') and otherwise kept as the string: the one parser of every tool's
+  `--set KEY=VALUE` (usable as an argparse `type=`). Raises ArgumentTypeError."""
+  key, sep, value = text.partition('=')
+  if not sep or not key:
+    raise argparse.ArgumentTypeError(f'{text!r}: expected KEY=VALUE, e.g. drop_path_rate=0.1')
+  try:
+    return key, ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return key, value
+
+
+def key_values(pairs):
+  """['embed_dim=64', 'pooling=avg'] -> {'embed_dim': 64, 'pooling': 'avg'} (`key_value`)."""
+  return dict(key_value(text) for text in pairs)
 
 
 # Exceptions that carry a message meant for the user. The project raises these
@@ -186,12 +201,14 @@ def define_config_flag():
                                     'optional :variant suffix.', lock_config=True)
 
 
-def flags_parser(*required):
-  """A flags parser for `run_absl` that also requires the named flags."""
-  return lambda argv: parse_flags(argv, required=required)
+def flags_parser(*required, config_dir=None):
+  """A flags parser for `run_absl` that also requires the named flags; `config_dir`:
+  where to look for a --config file that does not exist relative to the working
+  directory (the configs bundled with the package)."""
+  return lambda argv: parse_flags(argv, required=required, config_dir=config_dir)
 
 
-def parse_flags(argv, required=()):
+def parse_flags(argv, required=(), config_dir=None):
   """FLAGS(argv); a bad flag raises UserError naming it and what is valid there.
 
   absl and ml_collections report an unknown `--config.a.b`, a value of the
@@ -203,15 +220,16 @@ def parse_flags(argv, required=()):
   FLAGS.unparse_flags()  # in-process reuse (tests): forget the previous command's values
   for name in [n for n in FLAGS if n.startswith('config.')]:  # and its --config.* overrides,
     delattr(FLAGS, name)  # which ml_collections defines anew on each parse
-  spec = ([a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')] or [None])[-1]
+  argv = list(argv)
+  at = [i for i, a in enumerate(argv) if i and a.startswith('--config=')]
+  spec = argv[at[-1]].split('=', 1)[1] if at else None
   if spec is not None:
-    path = spec.partition(':')[0]
-    if not os.path.isfile(path):
-      here = os.path.dirname(path) or '.'
-      found = sorted(f for f in os.listdir(here) if f.endswith('.py') and f not in (
-          '__init__.py', 'common.py')) if os.path.isdir(here) else []
-      raise UserError(f'--config={spec}: no such file {path!r}' + (
-          f'; config files in {here}: {", ".join(found)}' if found else ''))
+    found = find_config(spec, config_dir)
+    if found != spec:
+      argv[at[-1]] = f'--config={found}'
+      print(f'--config={spec}: not found in {os.getcwd()}; using the bundled config '
+            f'{found.partition(":")[0]}', file=sys.stderr, flush=True)
+      spec = found
   saved_argv = sys.argv
   sys.argv = list(argv)  # ml_collections reads the --config.* overrides from sys.argv
   try:
@@ -219,7 +237,7 @@ def parse_flags(argv, required=()):
   except (flags.Error, AttributeError, KeyError, ValueError):
     if spec is None:
       raise
-    config = _load_config(spec)
+    config = load_config(spec)
     _check_overrides(argv, config)
     raise
   finally:
@@ -230,10 +248,31 @@ def parse_flags(argv, required=()):
   return rest
 
 
-def _load_config(spec):
-  path, _, arg = spec.partition(':')
-  import importlib.machinery  # pylint: disable=g-import-not-at-top
-  module = importlib.machinery.SourceFileLoader('_config', path).load_module()
+def find_config(spec, config_dir=None):
+  """`spec` (PATH[:variants]) if PATH is a file, else the file of the same name in
+  `config_dir` (same variants); UserError listing the config files there or beside PATH."""
+  path, colon, arg = spec.partition(':')
+  if os.path.isfile(path):
+    return spec
+  bundled = os.path.join(config_dir, os.path.basename(path)) if config_dir else None
+  if bundled and os.path.isfile(bundled):
+    return bundled + colon + arg
+  here = os.path.dirname(path) or '.'
+  where = here if os.path.isdir(here) else config_dir
+  listed = sorted(f for f in os.listdir(where) if f.endswith('.py') and f != '__init__.py') \
+      if where and os.path.isdir(where) else []
+  raise UserError(f'--config={spec}: no such file {path!r}' + (
+      f'; config files in {where}: {", ".join(listed)}' if listed else ''))
+
+
+def load_config(spec, config_dir=None):
+  """The ConfigDict of 'configs/deit_s.py:baseline' (its get_config(arg)), the file
+  found as `find_config` finds it."""
+  path, _, arg = find_config(spec, config_dir).partition(':')
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  loader = importlib.util.spec_from_file_location('_stvit_jax_config', path)
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
   try:
     return module.get_config(arg) if arg else module.get_config()
   except ValueError as e:  # an unknown :variant names the valid ones

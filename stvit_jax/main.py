@@ -6,13 +6,12 @@
 
 `--config.a.b=v` overrides any field of the config; unknown fields are an
 error (the config is locked). Rerunning the same command resumes from the
-workdir's latest checkpoint. Several cooperating processes (stvit_jax/distributed.py):
+workdir's latest checkpoint. Several cooperating processes (stvit_jax/runtime/distributed.py):
   python -m stvit_jax.main ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); on multi-host TPU
 pods STVIT_JAX_INIT=1 (the launch/ scripts set it) detects them.
 """
 import logging as std_logging
-import os
 import sys
 
 from absl import flags
@@ -20,13 +19,11 @@ from absl import logging
 import jax
 
 from stvit_jax import cli
-from stvit_jax import distributed
-from stvit_jax import train
+from stvit_jax import configs
+from stvit_jax.runtime import distributed
+from stvit_jax.train import loop
 
 FLAGS = flags.FLAGS
-# Config files import `configs.common`: make the checkout that holds this package
-# importable even when the command runs from another directory.
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and TensorBoard '
                     'summaries (local or gs://).')
@@ -38,7 +35,7 @@ flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (d
                      '$JAX_PROCESS_ID).')
 
 
-parse_flags = cli.flags_parser('config', 'workdir')
+parse_flags = cli.flags_parser('config', 'workdir', config_dir=configs.DIRECTORY)
 
 
 class QuietOrbax(std_logging.Filter):
@@ -78,7 +75,7 @@ def main(argv):
   if FLAGS.config.get('mode', 'train') != 'train':
     summary = _evaluate_only(FLAGS.config, FLAGS.workdir)
   else:
-    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    summary = loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     summary.pop('state')
   print('summary:', ' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
                              for k, v in summary.items()), flush=True)
@@ -95,13 +92,14 @@ def run(argv=None):
 
 
 def _evaluate_only(config, workdir):
-  """config.mode='eval' (stvit_jax/eval_only.py); a bad setting or unreachable weights
+  """config.mode='eval' (stvit_jax/train/eval_only.py); a bad setting or unreachable weights
   are one message and exit 2."""
-  from stvit_jax import eval_only, pretrained  # pylint: disable=g-import-not-at-top
+  from stvit_jax.train import eval_only  # pylint: disable=g-import-not-at-top
+  from stvit_jax.weights import hub
   try:
     eval_only.check(config)  # before anything is downloaded or written
     record = eval_only.run(config, workdir)
-  except (eval_only.ModeError, pretrained.PretrainedError) as e:
+  except (eval_only.ModeError, hub.PretrainedError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
   keys = ('model', 'init_from', 'eval_split', 'top1', 'top5', 'loss', 'num_examples',

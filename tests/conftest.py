@@ -62,7 +62,7 @@ def _kill_leftover_processes():
 def data_dir(tmp_path_factory):
   """A TFDS data_dir with `stvit_digits` prepared, built once per test session (per
   xdist worker) and shared by every test that trains on or reads the digits."""
-  from stvit_jax.data import digits  # pylint: disable=g-import-not-at-top
+  from stvit_jax.data.builders import digits  # pylint: disable=g-import-not-at-top
   d = str(tmp_path_factory.mktemp('tfds'))
   digits.prepared_builder(d)
   return d

@@ -15,10 +15,9 @@ import tomllib
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
-from configs import deit_s  # noqa: E402
-from stvit_jax import aot  # noqa: E402
+from stvit_jax.configs import deit_s  # noqa: E402
+from stvit_jax.tools import aot  # noqa: E402
 
 GIB = 2 ** 30
 
@@ -90,7 +89,8 @@ COMPILE_TINY = r"""
 import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import jax, numpy as np
-from stvit_jax import aot, flops, sharding
+from stvit_jax.tools import aot, flops
+from stvit_jax.runtime import sharding
 aot.use_cpu_host()
 from test_aot import tiny_config
 config = tiny_config()

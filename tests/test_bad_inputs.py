@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-from stvit_jax import benchmark, cli, convert, flops, main, models, visualize, weights  # noqa: E402
-from stvit_jax import predict, pretrained  # noqa: E402
-from stvit_jax.data import kinetics  # noqa: E402
+from stvit_jax.tools import benchmark, flops, visualize  # noqa: E402
+from stvit_jax import cli, main, models
+from stvit_jax.tools import convert
+from stvit_jax.weights import store
+from stvit_jax.tools import predict  # noqa: E402
+from stvit_jax.tools import pretrained
+from stvit_jax.data.builders import kinetics  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures')
 DEIT = os.path.join(FIXTURES, 'deit_tiny.npz')
@@ -42,7 +45,7 @@ def files(tmp_path_factory):
   (d / 'occupied' / 'notes.txt').write_text('keep me')
   other = models.create('deit_tiny', img_size=32, patch_size=4, num_classes=10,
                         embed_dim=16, num_heads=2, depth=3)
-  weights.save_weights(d / 'deit_weights', other, {'model': 'deit_tiny'})
+  store.save_weights(d / 'deit_weights', other, {'model': 'deit_tiny'})
   return d
 
 
@@ -148,7 +151,7 @@ CASES = [
      '--top 0 must be >= 1'),
     ('pretrained_source_without_model', tool(pretrained), ['--source', 'hf://a/b/c.pth'],
      '--source needs exactly one --download MODEL'),
-    # data.kinetics (the conversion command)
+    # data.builders.kinetics (the conversion command)
     ('kinetics_bad_name', tool(kinetics), ['--name', 'k999', '--manual_dir', '{d}',
                                            '--data_dir', '{out}'], "invalid choice: 'k999'"),
     ('kinetics_workers_0', tool(kinetics), ['--name', 'kinetics400', '--manual_dir', '{d}',
@@ -199,7 +202,7 @@ def test_channels_first_input_is_named():
 
 AOT = """
 import sys
-from stvit_jax import aot
+from stvit_jax.tools import aot
 for argv in (['--config=configs/quickstart.py'],
              ['--config=configs/quickstart.py', '--topology=v9z:1x1'],
              ['--config=configs/quickstart.py', '--topology=v5e:2x2', '--config.batch_size=abc']):

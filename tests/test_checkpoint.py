@@ -1,18 +1,18 @@
 """Checkpoints in process: another model's checkpoint fails clearly; `init_from` an
 earlier run or converted weights (params only, a head of other classes replaced)."""
 import os
-import sys
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
-from configs import quickstart  # noqa: E402
-from stvit_jax import checkpoint, models, names, train, weights  # noqa: E402
+from stvit_jax.configs import quickstart  # noqa: E402
+from stvit_jax.train import checkpoint  # noqa: E402
+from stvit_jax import models, names
+from stvit_jax.train import loop
+from stvit_jax.weights import store
 
 TINY = dict(embed_dim=16, num_heads=2, depth=3, num_base_layers=1)
 
@@ -40,7 +40,7 @@ def params_of(workdir, step):
 @pytest.fixture(scope='module')
 def earlier_run(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp('earlier'))
-  summary = train.train_and_evaluate(tiny_config(data_dir), workdir)
+  summary = loop.train_and_evaluate(tiny_config(data_dir), workdir)
   assert summary['final_step'] == 2 and summary['eval_num_examples'] == 360
   return workdir
 
@@ -53,17 +53,17 @@ def test_resuming_with_another_model_fails_clearly(earlier_run, data_dir):
     del config.model[k]
   with pytest.raises(ValueError, match="written by model 'stvit_deit_tiny' but config.model."
                      "name is 'deit_tiny'"):
-    train.train_and_evaluate(config, earlier_run)
+    loop.train_and_evaluate(config, earlier_run)
   wider = tiny_config(data_dir, embed_dim=32)
   with pytest.raises(ValueError, match=r'other parameter shapes \(\d+ differ: .*embed_dim|'
                      r'other parameter shapes'):
-    train.train_and_evaluate(wider, earlier_run)
+    loop.train_and_evaluate(wider, earlier_run)
 
 
 def test_init_from_an_earlier_run(earlier_run, data_dir, tmp_path):
   config = tiny_config(data_dir)
   config.init_from = earlier_run
-  summary = train.train_and_evaluate(config, tmp_path)
+  summary = loop.train_and_evaluate(config, tmp_path)
   assert summary['start_step'] == 0  # params only: a new run
   before, after = params_of(earlier_run, 2), params_of(str(tmp_path), 1)
   for k in before:
@@ -71,7 +71,7 @@ def test_init_from_an_earlier_run(earlier_run, data_dir, tmp_path):
   other = tiny_config(data_dir, embed_dim=32)
   other.init_from = earlier_run
   with pytest.raises(ValueError, match='other parameter shapes'):
-    train.train_and_evaluate(other, tmp_path / 'other')
+    loop.train_and_evaluate(other, tmp_path / 'other')
 
 
 def test_relative_workdir_and_init_from(earlier_run, data_dir, tmp_path, monkeypatch):
@@ -81,7 +81,7 @@ def test_relative_workdir_and_init_from(earlier_run, data_dir, tmp_path, monkeyp
   os.symlink(earlier_run, 'earlier')
   config = tiny_config(data_dir)
   config.init_from = 'earlier'
-  summary = train.train_and_evaluate(config, os.path.join('runs', 'relative'))
+  summary = loop.train_and_evaluate(config, os.path.join('runs', 'relative'))
   assert summary['final_step'] == 2
   assert sorted(os.listdir(tmp_path / 'runs' / 'relative' / 'checkpoints')) == ['1', '2']
   np.testing.assert_array_equal(params_of('earlier', 2)['head/kernel'],
@@ -97,10 +97,10 @@ def test_absolute_keeps_urls():
 def test_init_from_converted_weights_replaces_a_head_of_other_classes(data_dir, tmp_path):
   source = models.create('stvit_deit_tiny', seed=7, img_size=32, patch_size=4,
                          num_semantic=16, num_classes=5, **TINY)
-  weights.save_weights(tmp_path / 'converted', source, {'model': 'stvit_deit_tiny'})
+  store.save_weights(tmp_path / 'converted', source, {'model': 'stvit_deit_tiny'})
   config = tiny_config(data_dir)
   config.init_from = str(tmp_path / 'converted')
-  train.train_and_evaluate(config, tmp_path / 'run')
+  loop.train_and_evaluate(config, tmp_path / 'run')
   after = params_of(str(tmp_path / 'run'), 1)
   src = {'/'.join(map(str, p)): np.asarray(v.get_value())
          for p, v in nnx.to_flat_state(nnx.state(source, nnx.Param))}
@@ -113,11 +113,11 @@ def test_init_from_converted_weights_replaces_a_head_of_other_classes(data_dir, 
 def test_init_from_weights_of_another_model_fails(data_dir, tmp_path):
   source = models.create('deit_tiny', img_size=32, patch_size=4, num_classes=10,
                          embed_dim=16, num_heads=2, depth=3)
-  weights.save_weights(tmp_path / 'converted', source, {'model': 'deit_tiny'})
+  store.save_weights(tmp_path / 'converted', source, {'model': 'deit_tiny'})
   config = tiny_config(data_dir)
   config.init_from = str(tmp_path / 'converted')
   with pytest.raises(ValueError, match='does not fit STViT'):
-    train.train_and_evaluate(config, tmp_path / 'run')
+    loop.train_and_evaluate(config, tmp_path / 'run')
 
 
 def test_describe_and_check_same_model():

@@ -11,9 +11,11 @@ import pytest
 from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
-from stvit_jax import models, optim, train  # noqa: E402
+from stvit_jax import models  # noqa: E402
+from stvit_jax.train import optim
+from stvit_jax.train import functional
+from stvit_jax.train import trainer
 
 FAMILIES = {  # file -> {variant: model}
     'deit_t': {'': 'stvit_deit_tiny', 'baseline': 'deit_tiny'},
@@ -63,7 +65,7 @@ def test_unknown_variant_is_named():
 def test_quickstart_is_small():
   config = load('quickstart')
   assert config.data.name == 'stvit_digits' and config.model.num_classes == 10
-  model = nnx.eval_shape(lambda: train.create_model(config))
+  model = nnx.eval_shape(lambda: functional.create_model(config))
   count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert 1e5 < count < 1e6
   assert config.model.num_semantic == 16
@@ -81,11 +83,11 @@ def test_unknown_config_key_fails_naming_the_field(tmp_path):
 
 def test_epochs_convert_to_steps_in_one_place():
   config = load('deit_s')
-  steps = train.schedule_steps(config, steps_per_epoch=1251)
+  steps = trainer.schedule_steps(config, steps_per_epoch=1251)
   assert steps.total == 300 * 1251 and steps.warmup == 20 * 1251
   assert steps.eval_every == 10 * 1251 and steps.checkpoint_every == 1251
   config.total_steps, config.warmup_steps = 100, 0
-  steps = train.schedule_steps(config, steps_per_epoch=1251)
+  steps = trainer.schedule_steps(config, steps_per_epoch=1251)
   assert (steps.total, steps.warmup) == (100, 0)
 
 

@@ -2,8 +2,8 @@
 
 Fixtures (tests/fixtures/, made by scripts/make_parity_fixtures.py with torch +
 timm, listed in parity.json) hold reduced-size timm models' state_dicts, inputs
-and logits; full-size models appear only as name/shape lists, and the official
-STViT-R ones come from ../shared/reference/.
+and logits; full-size models appear only as name/shape lists; the official STViT-R ones are
+in tests/fixtures/stvit_r/ (its README says where they come from).
 """
 import functools
 import json
@@ -15,10 +15,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stvit_jax import convert, models, pos_embed, torch_files, weights
+from stvit_jax.tools import convert as convert_tool
+from stvit_jax.weights import convert
+from stvit_jax.weights import factory
+from stvit_jax.weights import store
+from stvit_jax import models
+from stvit_jax.weights import pos_embed, torch_files
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
-REFERENCE = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference')
+REFERENCE = os.path.join(os.path.dirname(__file__), 'fixtures', 'stvit_r')
 MANIFEST = json.load(open(os.path.join(FIXTURES, 'parity.json')))
 CASES = MANIFEST['cases']
 
@@ -88,7 +93,7 @@ def test_swin_layouts_give_identical_weights():
 def _targets(name):
   """{model weight: shape} of the full-size model (shared by both Swin layouts)."""
   abstract = nnx.eval_shape(lambda: models.create(name))
-  return {k: tuple(v.shape) for k, v in weights.flat_variables(abstract).items()}
+  return {k: tuple(v.shape) for k, v in store.flat_variables(abstract).items()}
 
 
 def read_names(path):
@@ -214,36 +219,36 @@ def converted_deit(tmp_path_factory):
   out = tmp_path_factory.mktemp('w') / 'deit'
   case = CASES['deit_tiny_distilled']
   opts = case_options(case)
-  convert.main(['--model', 'deit_tiny_distilled', '--src', fixture(case['state']),
+  convert_tool.main(['--model', 'deit_tiny_distilled', '--src', fixture(case['state']),
                 '--out', str(out)] + [a for k, v in opts.items() for a in ('--set', f'{k}={v}')])
   return out
 
 
 def test_cli_writes_weights_that_restore_with_parity(converted_deit, capsys):
-  prov = weights.read_provenance(converted_deit)
+  prov = store.read_provenance(converted_deit)
   assert prov['model'] == 'deit_tiny_distilled' and prov['num_classes'] == 10
   assert prov['source']['sha256'] == torch_files.sha256(fixture('deit_tiny_distilled.npz'))
   assert prov['consumed'] == len(state_dict('deit_tiny_distilled.npz'))
-  model = weights.create_model(converted_deit)
+  model = factory.from_directory(converted_deit)
   io = np.load(fixture(CASES['deit_tiny_distilled']['io']))
   assert_parity(forward(model, io['input']), io['logits'])
 
 
 def test_load_weights_is_strict_and_can_replace_the_head(converted_deit):
-  opts = weights.read_provenance(converted_deit)['options']
+  opts = store.read_provenance(converted_deit)['options']
   small = {**opts, 'num_classes': 4}
   with pytest.raises(ValueError, match=r'(?s)shape mismatch: params/head.kernel .*replace_head=True'):
-    weights.load_weights(models.create('deit_tiny_distilled', **small), converted_deit)
+    store.load_weights(models.create('deit_tiny_distilled', **small), converted_deit)
   model = models.create('deit_tiny_distilled', **small)
   fresh = np.asarray(model.head.kernel[...])
-  weights.load_weights(model, converted_deit, replace_head=True)
+  store.load_weights(model, converted_deit, replace_head=True)
   np.testing.assert_array_equal(model.head.kernel[...], fresh)
   reference = torch_files.load_state_dict(fixture('deit_tiny_distilled.npz'))[0]
   np.testing.assert_array_equal(model.blocks[1].mlp.fc2.kernel[...],
                                 reference['blocks.1.mlp.fc2.weight'].T)
   deeper = models.create('deit_tiny_distilled', **{**opts, 'depth': 3})
   with pytest.raises(ValueError, match=r'missing from the checkpoint: params/blocks.2.attn.qkv.kernel'):
-    weights.load_weights(deeper, converted_deit)
+    store.load_weights(deeper, converted_deit)
 
 
 def test_cli_reads_pth_and_safetensors(tmp_path):
@@ -265,16 +270,16 @@ def test_cli_reads_pth_and_safetensors(tmp_path):
 
 def test_cli_errors_name_the_field(tmp_path, capsys):
   with pytest.raises(SystemExit):
-    convert.main(['--model', 'deit_huge', '--src', fixture('deit_tiny.npz'), '--out', str(tmp_path)])
+    convert_tool.main(['--model', 'deit_huge', '--src', fixture('deit_tiny.npz'), '--out', str(tmp_path)])
   assert "--model 'deit_huge' is not valid; choose one of" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    convert.main(['--model', 'swin_tiny', '--src', fixture('swin_tiny.timm.npz'),
+    convert_tool.main(['--model', 'swin_tiny', '--src', fixture('swin_tiny.timm.npz'),
                   '--out', str(tmp_path), '--layout', 'sideways'])
   assert "invalid choice: 'sideways'" in capsys.readouterr().err
   with pytest.raises(ValueError, match=r"unknown format '.bin'; use one of .pth, .pt, .safetensors, .npz"):
     torch_files.load_state_dict(str(tmp_path / 'x.bin'))
   with pytest.raises(SystemExit, match='does not convert to deit_tiny'):  # classes fine, grid not
-    convert.main(['--model', 'deit_tiny', '--src', fixture('deit_tiny.npz'), '--out', str(tmp_path / 'o')])
+    convert_tool.main(['--model', 'deit_tiny', '--src', fixture('deit_tiny.npz'), '--out', str(tmp_path / 'o')])
 
 
 def test_pth_without_torch_says_how_to_install(tmp_path, monkeypatch):

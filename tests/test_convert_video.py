@@ -8,10 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from numpy_reference import apply
-from stvit_jax import convert, convert_video, models, weights
+from stvit_jax.tools import convert as convert_tool
+from stvit_jax.weights import convert
+from stvit_jax.weights import factory
+from stvit_jax.weights import store
+from stvit_jax.weights import convert_video
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
 TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))  # both fixtures
@@ -63,7 +66,7 @@ def torchvision(sd):
 def test_other_layouts_give_the_same_weights(original, converted, layout, to):
   conversion, _, found = convert.plan('video_swin_tiny', to(original), **TINY)
   assert found == layout
-  want = weights.flat_variables(converted)
+  want = store.flat_variables(converted)
   assert sorted(conversion.arrays) == sorted(want)
   for k, v in conversion.arrays.items():
     np.testing.assert_array_equal(v, np.asarray(want[k]))
@@ -162,12 +165,12 @@ def test_identical_frames_give_the_image_models_features():
 def test_cli_inflate_from_a_converted_image_directory(tmp_path, capsys):
   image_dir, video_dir = tmp_path / 'image', tmp_path / 'video'
   sets = [f'--set={k}={v}' for k, v in TINY.items()]
-  convert.main(['--model', 'swin_tiny', '--src', os.path.join(FIXTURES, 'swin_tiny.microsoft.npz'),
+  convert_tool.main(['--model', 'swin_tiny', '--src', os.path.join(FIXTURES, 'swin_tiny.microsoft.npz'),
                 '--out', str(image_dir), *sets])
-  convert.main(['--model', 'video_swin_tiny', '--src', str(image_dir), '--inflate',
+  convert_tool.main(['--model', 'video_swin_tiny', '--src', str(image_dir), '--inflate',
                 '--num_classes', '7', '--out', str(video_dir), *sets])
-  model = weights.create_model(str(video_dir))
-  assert model.head.out_features == 7 and weights.read_provenance(str(video_dir))['source'][
+  model = factory.from_directory(str(video_dir))
+  assert model.head.out_features == 7 and store.read_provenance(str(video_dir))['source'][
       'inflated']
   logits, _ = apply(model, jnp.zeros((1, 4, 224, 224, 3)), train=False)
   assert logits.shape == (1, 7)
@@ -175,12 +178,12 @@ def test_cli_inflate_from_a_converted_image_directory(tmp_path, capsys):
 
 def test_cli_inflate_needs_num_classes(tmp_path, capsys):
   with pytest.raises(SystemExit) as err:
-    convert.main(['--model', 'video_swin_tiny', '--src',
+    convert_tool.main(['--model', 'video_swin_tiny', '--src',
                   os.path.join(FIXTURES, 'swin_tiny.microsoft.npz'), '--inflate',
                   '--out', str(tmp_path / 'o')])
   assert err.value.code == 2 and '--num_classes' in capsys.readouterr().err
   with pytest.raises(SystemExit) as err:
-    convert.main(['--model', 'swin_tiny', '--src',
+    convert_tool.main(['--model', 'swin_tiny', '--src',
                   os.path.join(FIXTURES, 'swin_tiny.microsoft.npz'), '--inflate',
                   '--out', str(tmp_path / 'o')])
   assert err.value.code == 2 and 'builds video models' in capsys.readouterr().err

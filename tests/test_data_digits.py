@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from stvit_jax.data import defaults
-from stvit_jax.data import digits
+from stvit_jax.data.builders import digits
 from stvit_jax.data import pipeline
 
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from stvit_jax.data import defaults
-from stvit_jax.data import imagenet_like
+from stvit_jax.data.builders import imagenet_like
 from stvit_jax.data import pipeline
 
 SERVICE = tf.data.experimental.service

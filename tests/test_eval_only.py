@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
 import imagenet_mock  # noqa: E402
-from configs import swin_s  # noqa: E402
-from stvit_jax import eval_only, models  # noqa: E402
+from stvit_jax.configs import swin_s  # noqa: E402
+from stvit_jax.train import eval_only  # noqa: E402
+import stvit_jax
+from stvit_jax import models
 from stvit_jax.data import device_augment, pipeline  # noqa: E402
-from stvit_jax.models import catalogue  # noqa: E402
+from stvit_jax.weights import catalogue  # noqa: E402
 from weights_server import Server, source_state_dict  # noqa: E402
 
 pytestmark = pytest.mark.slow  # compiles a 224 px eval step; one test runs a subprocess
@@ -62,8 +63,8 @@ def test_eval_mode_reports_measured_beside_expected(mock_imagenet, served_weight
   assert row['split'] == 'eval' and row['step'] == 0 and row['num_examples'] == 20
   assert not (tmp_path / 'run' / 'checkpoints').exists()  # nothing trained, nothing saved
 
-  # The same weights through models.create(pretrained=True) on the same batches.
-  model = models.create('stvit_r_swin_small', pretrained=True, **TINY)
+  # The same weights through stvit_jax.create(pretrained=True) on the same batches.
+  model = stvit_jax.create('stvit_r_swin_small', pretrained=True, **TINY)
   losses, hits = [], []
   for batch in pipeline.eval_iterator(config.data, global_batch_size=8):
     images = device_augment.eval_images(batch['image'], config.data)  # uint8 -> normalised
@@ -94,9 +95,9 @@ def test_eval_mode_without_init_from_is_one_message_and_exit_2(tmp_path):
 def test_eval_mode_on_video_views(tmp_path):
   """A video model: the video pipeline's clips x crops views, each video counted once."""
   from flax import nnx
-  from configs import common
-  from stvit_jax import weights
-  from stvit_jax.data import kinetics
+  from stvit_jax.train import defaults
+  from stvit_jax.weights import store
+  from stvit_jax.data.builders import kinetics
   import video_fixtures
   root, data_dir = tmp_path / 'manual', tmp_path / 'tfds'
   os.makedirs(root)
@@ -105,7 +106,7 @@ def test_eval_mode_on_video_views(tmp_path):
                    videos_per_shard=3)
   tiny = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=(2, 2, 2),
               patch_size=(2, 4, 4))
-  config = common.video_base('video_swin_tiny', dataset='kinetics400', num_classes=3,
+  config = defaults.video_base('video_swin_tiny', dataset='kinetics400', num_classes=3,
                              img_size=16, num_frames=4, **tiny)
   config.data.update(name='tiny_videos', data_dir=str(data_dir), eval_clips=2, eval_crops=3,
                      prefetch=1)
@@ -115,7 +116,7 @@ def test_eval_mode_on_video_views(tmp_path):
   rng = np.random.default_rng(0)
   for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     var.set_value((0.1 * rng.standard_normal(var.get_value().shape)).astype(np.float32))
-  weights.save_weights(tmp_path / 'w', model, {'model': 'video_swin_tiny', 'num_classes': 3,
+  store.save_weights(tmp_path / 'w', model, {'model': 'video_swin_tiny', 'num_classes': 3,
                                                 'options': options})
   config.init_from, config.mode = str(tmp_path / 'w'), 'eval'
   record = eval_only.run(config, tmp_path / 'run')

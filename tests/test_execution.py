@@ -156,7 +156,7 @@ def test_depthwise_conv_equals_the_grouped_convolution(dtype):
 
 FAULTS = '''
 import ctypes, resource, sys
-from stvit_jax import cpu_allocator
+from stvit_jax.runtime import cpu_allocator
 kept = cpu_allocator.keep_freed_memory() if sys.argv[1] == 'keep' else None
 libc = ctypes.CDLL('libc.so.6')
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
@@ -177,7 +177,7 @@ def test_kept_freed_memory_stops_per_call_page_faults():
   """A freed 64 MiB block is reused without new page faults once memory is kept.
 
   Deterministic counts (one thread, plain malloc): the model-level effect on
-  XLA:CPU's temporaries is measured by `python -m stvit_jax.benchmark`, not here."""
+  XLA:CPU's temporaries is measured by `python -m stvit_jax.tools.benchmark`, not here."""
   import os, subprocess, sys  # noqa: E401
   env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env.pop('GLIBC_TUNABLES', None)

@@ -20,10 +20,16 @@ import pytest
 from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
-from configs import quickstart  # noqa: E402
-from stvit_jax import checkpoint, cli, names, train  # noqa: E402
+from stvit_jax.configs import quickstart  # noqa: E402
+from stvit_jax.train import checkpoint  # noqa: E402
+from stvit_jax import cli, names
+from stvit_jax.runtime import sharding
+from stvit_jax.train import functional
+from stvit_jax.train import loop
+from stvit_jax.train import optim
+from stvit_jax.train import runconfig
+from stvit_jax.train import trainer
 
 
 def tiny_config(data_dir, **fields):
@@ -53,7 +59,7 @@ def data_dir(tmp_path_factory):
 def finished(tmp_path_factory, data_dir):
   """A finished 4-step run (checkpoints 2, 3, 4 kept) with an eval at the end."""
   workdir = str(tmp_path_factory.mktemp('finished') / 'run')
-  summary = train.train_and_evaluate(tiny_config(data_dir, eval_every_steps=4), workdir)
+  summary = loop.train_and_evaluate(tiny_config(data_dir, eval_every_steps=4), workdir)
   assert summary['final_step'] == 4 and summary['eval_num_examples'] == 360
   return workdir
 
@@ -76,7 +82,7 @@ def params_of(workdir, step):
 def nan_at(monkeypatch):
   """nan_at(k): the train step of step k (1-based) sees NaN images -> NaN loss and grads."""
   def inject(k):
-    make = train.make_train_step
+    make = trainer.make_train_step
 
     def poisoned(*args, **kwargs):
       step_fn = make(*args, **kwargs)
@@ -85,7 +91,7 @@ def nan_at(monkeypatch):
         bad = state['step'] == k - 1
         return step_fn(state, dict(batch, image=jnp.where(bad, jnp.nan, batch['image'])))
       return step
-    monkeypatch.setattr(train, 'make_train_step', poisoned)
+    monkeypatch.setattr(trainer, 'make_train_step', poisoned)
   return inject
 
 
@@ -95,7 +101,7 @@ def test_nan_step_is_named_and_never_saved(data_dir, tmp_path, nan_at):
   nan_at(3)  # checkpoints every step, logs every 100: only the save check can see it
   workdir = str(tmp_path / 'run')
   with pytest.raises(cli.Diverged) as err:
-    train.train_and_evaluate(tiny_config(data_dir, total_steps=6), workdir)
+    loop.train_and_evaluate(tiny_config(data_dir, total_steps=6), workdir)
   message = str(err.value)
   assert 'non-finite at step 3 (loss nan' in message, message
   assert 'the last good checkpoint is step 2' in message, message
@@ -112,14 +118,14 @@ def test_retention_keeps_the_newest_finite_checkpoint(finished, tmp_path, data_d
   nan_at(6)
   config = tiny_config(data_dir, total_steps=12, resume_allow_changes='total_steps')
   with pytest.raises(cli.Diverged, match='at step 6 .* last good checkpoint is step 5'):
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   assert steps_in(workdir) == [3, 4, 5]
 
 
 def test_skip_nonfinite_rides_through_and_counts(data_dir, tmp_path, nan_at):
   nan_at(3)
   workdir = str(tmp_path / 'run')
-  summary = train.train_and_evaluate(
+  summary = loop.train_and_evaluate(
       tiny_config(data_dir, **{'optim.skip_nonfinite': 1, 'log_every_steps': 2}), workdir)
   assert summary['final_step'] == 4 and summary['skipped_updates'] == 1
   a, b = params_of(workdir, 2), params_of(workdir, 3)  # step 3 was skipped: unchanged
@@ -130,14 +136,14 @@ def test_skip_nonfinite_rides_through_and_counts(data_dir, tmp_path, nan_at):
 
 
 def test_two_consecutive_nonfinite_steps_exceed_skip_1(data_dir, tmp_path, monkeypatch):
-  make = train.make_train_step
+  make = trainer.make_train_step
 
   def poisoned(*args, **kwargs):
     step_fn = make(*args, **kwargs)
     return lambda s, b: step_fn(s, dict(b, image=jnp.where(s['step'] >= 1, jnp.nan, b['image'])))
-  monkeypatch.setattr(train, 'make_train_step', poisoned)
+  monkeypatch.setattr(trainer, 'make_train_step', poisoned)
   with pytest.raises(cli.Diverged, match='non-finite at step 3'):
-    train.train_and_evaluate(tiny_config(data_dir, **{'optim.skip_nonfinite': 1}),
+    loop.train_and_evaluate(tiny_config(data_dir, **{'optim.skip_nonfinite': 1}),
                              str(tmp_path / 'run'))
 
 
@@ -146,13 +152,13 @@ def test_two_consecutive_nonfinite_steps_exceed_skip_1(data_dir, tmp_path, monke
 def restore(workdir, data_dir):
   """What train_and_evaluate restores, without training: (state or None, captured)."""
   config = tiny_config(data_dir)
-  mesh = train.sharding.make_mesh(config)
-  tx = train.optim.make(config, train.optim.learning_rate(config, 4, 1))
-  init = train.make_init_state(config, tx)
-  abstract, _ = train.abstract_state(init, mesh, config.sharding_rules)
-  _, abs_params, _, _ = train.split(nnx.eval_shape(lambda: train.create_model(config)))
+  mesh = sharding.make_mesh(config)
+  tx = optim.make(config, optim.learning_rate(config, 4, 1))
+  init = trainer.make_init_state(config, tx)
+  abstract, _ = trainer.abstract_state(init, mesh, config.sharding_rules)
+  _, abs_params, _, _ = functional.split(nnx.eval_shape(lambda: functional.create_model(config)))
   meta = {**checkpoint.describe(config, abs_params),
-          'config': train.runconfig.to_dict(config)}
+          'config': runconfig.to_dict(config)}
   ckpt = checkpoint.Checkpointer(workdir, every_steps=1, keep=3, async_save=False)
   try:
     return ckpt.restore(abstract, meta)
@@ -194,7 +200,7 @@ def test_no_readable_checkpoint_is_one_error(finished, tmp_path, data_dir):
   workdir = copy_of(finished, tmp_path)
   for step in (2, 3, 4):
     shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step), 'params'))
-  with pytest.raises(cli.CheckpointError, match='no checkpoint in .* is readable: step 4: '):
+  with pytest.raises(checkpoint.CheckpointError, match='no checkpoint in .* is readable: step 4: '):
     restore(workdir, data_dir)
   assert len(os.listdir(os.path.join(workdir, 'checkpoints.corrupt'))) == 3
 
@@ -215,15 +221,15 @@ def test_nonfinite_checkpoint_of_an_older_version_is_set_aside(finished, tmp_pat
 
 def test_resume_with_changed_batch_and_seed_is_an_error(finished, tmp_path, data_dir):
   workdir = copy_of(finished, tmp_path)
-  with pytest.raises(cli.CheckpointError) as err:
-    train.train_and_evaluate(tiny_config(data_dir, batch_size=8, seed=1), workdir)
+  with pytest.raises(checkpoint.CheckpointError) as err:
+    loop.train_and_evaluate(tiny_config(data_dir, batch_size=8, seed=1), workdir)
   message = str(err.value)
   assert 'batch_size 16 -> 8' in message and 'seed 0 -> 1' in message
   assert '--config.resume_allow_changes=batch_size,seed' in message
   # harmless fields pass; a deliberate change passes (nothing left to train here)
-  train.train_and_evaluate(tiny_config(data_dir, log_every_steps=1, eval_every_steps=4,
+  loop.train_and_evaluate(tiny_config(data_dir, log_every_steps=1, eval_every_steps=4,
                                        eval_batch_size=40), workdir)
-  train.train_and_evaluate(tiny_config(data_dir, seed=1, resume_allow_changes='seed'), workdir)
+  loop.train_and_evaluate(tiny_config(data_dir, seed=1, resume_allow_changes='seed'), workdir)
   saved = json.load(open(os.path.join(workdir, 'config.json')))
   assert saved['seed'] == 1 and saved['model']['embed_dim'] == 16
 
@@ -231,7 +237,7 @@ def test_resume_with_changed_batch_and_seed_is_an_error(finished, tmp_path, data
 def test_rerunning_a_finished_run_keeps_its_eval_numbers(finished, tmp_path, data_dir):
   workdir = copy_of(finished, tmp_path)
   before = json.load(open(os.path.join(workdir, 'summary.json')))
-  train.train_and_evaluate(tiny_config(data_dir, eval_every_steps=4), workdir)
+  loop.train_and_evaluate(tiny_config(data_dir, eval_every_steps=4), workdir)
   after = json.load(open(os.path.join(workdir, 'summary.json')))
   assert after['eval_top1'] == before['eval_top1'] and after['start_step'] == 4
 
@@ -239,10 +245,10 @@ def test_rerunning_a_finished_run_keeps_its_eval_numbers(finished, tmp_path, dat
 def test_replayed_steps_replace_their_metric_rows(data_dir, tmp_path):
   workdir = str(tmp_path / 'run')
   config = tiny_config(data_dir, log_every_steps=1, checkpoint_every_steps=2)
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   # As if killed after logging step 4 but before its checkpoint was written:
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [r['step'] for r in rows if r['split'] == 'train'] == [1, 2, 3, 4]
   purge = glob.glob(os.path.join(workdir, 'tensorboard', '*.purge'))
@@ -256,7 +262,7 @@ def test_replayed_steps_replace_their_metric_rows(data_dir, tmp_path):
 def test_missing_init_from_writes_nothing(data_dir, tmp_path):
   workdir = tmp_path / 'run'
   with pytest.raises(FileNotFoundError, match='config.init_from=.*nowhere: neither converted'):
-    train.train_and_evaluate(tiny_config(data_dir, init_from=str(tmp_path / 'nowhere')),
+    loop.train_and_evaluate(tiny_config(data_dir, init_from=str(tmp_path / 'nowhere')),
                              str(workdir))
   assert not workdir.exists()
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from stvit_jax import flops
+from stvit_jax.tools import flops
 
 
 def sds(*shape):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from stvit_jax import benchmark
-from stvit_jax import input_benchmark
-from stvit_jax.data import imagenet_like
+from stvit_jax.tools import benchmark
+from stvit_jax.tools import input_benchmark
+from stvit_jax.data.builders import imagenet_like
 
 
 def test_generated_sizes_follow_imagenet_statistics():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from stvit_jax.data import kinetics
-from stvit_jax.data import video_convert
+from stvit_jax.data.builders import kinetics
+from stvit_jax.data.builders import video_convert
 import video_fixtures
 
 
@@ -154,7 +154,7 @@ def test_all_videos_undecodable_is_an_error_not_a_dataset(tmp_path, capsys):
 def test_cli_parallel_workers(manual, tmp_path):
   root, _ = manual
   out = subprocess.run(
-      [sys.executable, '-m', 'stvit_jax.data.kinetics', '--name', 'kinetics600', '--manual_dir',
+      [sys.executable, '-m', 'stvit_jax.data.builders.kinetics', '--name', 'kinetics600', '--manual_dir',
        root, '--data_dir', str(tmp_path), '--workers', '2', '--videos_per_shard', '2',
        '--progress_every_s', '1'], capture_output=True, text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr
@@ -164,7 +164,7 @@ def test_cli_parallel_workers(manual, tmp_path):
   builder = kinetics.Kinetics600(data_dir=str(tmp_path))
   assert builder.info.splits['validation'].num_examples == 5
   again = subprocess.run(
-      [sys.executable, '-m', 'stvit_jax.data.kinetics', '--name', 'kinetics600', '--manual_dir',
+      [sys.executable, '-m', 'stvit_jax.data.builders.kinetics', '--name', 'kinetics600', '--manual_dir',
        root, '--data_dir', str(tmp_path)], capture_output=True, text=True, timeout=300,
       check=False)
   assert again.returncode == 0 and 'already prepared' in again.stdout

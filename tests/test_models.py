@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from stvit_jax import flops, models
+from stvit_jax.tools import flops
+from stvit_jax import models
 
 # (trainable params, GMACs at 224^2, relative tolerance on GMACs)
 REFERENCE = {

@@ -12,7 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from stvit_jax import checkpoint, distributed, names
+from stvit_jax.train import checkpoint
+from stvit_jax.runtime import distributed
+from stvit_jax import names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6

@@ -126,7 +126,7 @@ def test_quick_tour(tmp_path, tiny_stvit_weights):
 def converted_deit_tiny(tmp_path):
   """The converter's real output for a timm DeiT state_dict (the parity fixture: timm
   deit_tiny at width 32, depth 2, 64 px, 10 classes)."""
-  from stvit_jax import convert
+  from stvit_jax.tools import convert
   out = tmp_path / 'converted'
   convert.main(['--model', 'deit_tiny', '--src', os.path.join(ROOT, 'tests', 'fixtures',
                                                               'deit_tiny.npz'),

@@ -1,10 +1,10 @@
-"""`benchmark --ops` (stvit_jax/op_profile.py): ops sorted into kinds by their HLO, and
+"""`benchmark --ops` (stvit_jax/tools/op_profile.py): ops sorted into kinds by their HLO, and
 a real trace of a tiny model whose kinds add up to the traced op time. No timing is
 asserted beyond consistency."""
 import jax
 import jax.numpy as jnp
 
-from stvit_jax import benchmark, op_profile
+from stvit_jax.tools import benchmark, op_profile
 
 HLO = """HloModule jit_f, entry_computation_layout={(f32[8,4]{1,0})->f32[8,4]{1,0}}
 

@@ -1,4 +1,4 @@
-"""`python -m stvit_jax.predict`: top classes of images made here, with pretrained
+"""`python -m stvit_jax.tools.predict`: top classes of images made here, with pretrained
 weights served locally (a tiny DeiT with ImageNet's 1000 classes, random values, in
 timm's names) as the catalogue entry of deit_tiny."""
 import json
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stvit_jax import models, predict
-from stvit_jax.models import catalogue
+import stvit_jax
+from stvit_jax import models
+from stvit_jax.tools import predict
+from stvit_jax.weights import catalogue
 from weights_server import Server, source_state_dict
 
 TINY = {'embed_dim': 32, 'depth': 2, 'num_heads': 2, 'img_size': 64}
@@ -60,7 +62,7 @@ def test_predict_prints_top_classes_with_imagenet_names(env, photos, capsys):
   assert [os.path.basename(b[0]) for b in blocks] == ['gradient.png', 'noise.jpg',
                                                       'flipped.webp']
   # The same numbers from the model and the eval transform directly.
-  model = models.create('deit_tiny', pretrained=True)
+  model = stvit_jax.create('deit_tiny', pretrained=True)
   names = predict.class_names(1000)
   assert names[0].startswith('n01440764') and len(set(names)) == 1000
   for path, lines in blocks:
@@ -98,15 +100,15 @@ def test_predict_a_clip_with_a_video_model(tmp_path, capsys):
   """A tiny Video Swin (random weights saved as converted weights) on an mp4 made here:
   the softmax of 2 clips x 1 crop views, averaged, named by a --classes file."""
   from flax import nnx
-  from stvit_jax import weights
-  from stvit_jax.data import video_convert
+  from stvit_jax.weights import store
+  from stvit_jax.data.builders import video_convert
   options = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), img_size=32,
                  num_frames=4, num_classes=5)
   model = nnx.eval_shape(lambda: models.create('video_swin_tiny', **options))
   rng = np.random.default_rng(0)
   for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     var.set_value((0.1 * rng.standard_normal(var.get_value().shape)).astype(np.float32))
-  weights.save_weights(tmp_path / 'w', model, {'model': 'video_swin_tiny', 'num_classes': 5,
+  store.save_weights(tmp_path / 'w', model, {'model': 'video_swin_tiny', 'num_classes': 5,
                                                 'options': options})
   frames = rng.integers(0, 256, (12, 36, 48, 3), dtype=np.uint8)
   video_convert.write_mp4(tmp_path / 'clip.mp4', frames, 8)
@@ -120,7 +122,7 @@ def test_predict_a_clip_with_a_video_model(tmp_path, capsys):
   assert lines[0].endswith('clip.mp4') and len(lines) == 6
   shown = [float(re.match(r'\s+(\d+\.\d\d)%  action \d$', l)[1]) for l in lines[1:]]
   assert shown == sorted(shown, reverse=True) and abs(sum(shown) - 100) < 0.05
-  loaded = models.create('video_swin_tiny', pretrained=str(tmp_path / 'w'))
+  loaded = stvit_jax.create('video_swin_tiny', pretrained=str(tmp_path / 'w'))
   views = predict.preprocess_clip(str(tmp_path / 'clip.mp4'), loaded, 2, 1)
   assert views.shape == (2, 4, 32, 32, 3)
   logits = np.asarray(loaded(views, train=False)[0], np.float64)

@@ -1,4 +1,4 @@
-"""Weights by name or address (stvit_jax.pretrained) against a local server, no network.
+"""Weights by name or address (stvit_jax.weights.hub) against a local server, no network.
 
 The served files are the timm DeiT-tiny parity fixture (width 32, depth 2, 64 px, 10
 classes) as .safetensors and .pth; a test catalogue ($STVIT_JAX_CATALOGUE) points
@@ -18,8 +18,12 @@ import huggingface_hub.constants  # noqa: F401
 import numpy as np
 import pytest
 
-from stvit_jax import models, pretrained, weights
-from stvit_jax.models import catalogue
+import stvit_jax
+from stvit_jax import models
+from stvit_jax.tools import pretrained
+from stvit_jax.weights import hub
+from stvit_jax.weights import factory, store
+from stvit_jax.weights import catalogue
 from weights_server import Server
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures')
@@ -92,13 +96,13 @@ def assert_timm_logits(model):
 @pytest.mark.slow  # initialises a model with a fresh head (~30 s of compiles on 2 cores)
 def test_pretrained_true_downloads_once_then_reads_the_cache(env, server, tmp_path, monkeypatch):
   t0 = time.perf_counter()
-  model = models.create('deit_tiny', pretrained=True)
+  model = stvit_jax.create('deit_tiny', pretrained=True)
   first = time.perf_counter() - t0
   assert_timm_logits(model)
   gets = [r for r in server.requests if r[0] == 'GET']
   assert gets == [('GET', '/files/deit_tiny.safetensors', None)]
   (converted,) = (tmp_path / 'cache' / 'stvit_jax' / 'converted').iterdir()
-  provenance = weights.read_provenance(converted)
+  provenance = store.read_provenance(converted)
   assert provenance['source']['sha256'] == sha(server.files['deit_tiny.safetensors'])
   assert provenance['source']['address'] == server.file_url('deit_tiny.safetensors')
 
@@ -106,16 +110,16 @@ def test_pretrained_true_downloads_once_then_reads_the_cache(env, server, tmp_pa
   server.requests.clear()
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   t0 = time.perf_counter()
-  again = models.create('deit_tiny', pretrained=True)
+  again = stvit_jax.create('deit_tiny', pretrained=True)
   second = time.perf_counter() - t0
   assert server.requests == []
   assert_timm_logits(again)
   print(f'first create(pretrained=True) {first:.2f}s, second (cache) {second:.2f}s')
   # Another class count: the cached weights with a fresh head, still no request.
-  ten = models.create('deit_tiny', pretrained=True, num_classes=3)
+  ten = stvit_jax.create('deit_tiny', pretrained=True, num_classes=3)
   assert ten.head.out_features == 3 and server.requests == []
   # Read without initialising: the rng streams are concrete, so training mode runs.
-  drop = models.create('deit_tiny', pretrained=True, drop_path_rate=0.5)
+  drop = stvit_jax.create('deit_tiny', pretrained=True, drop_path_rate=0.5)
   x = np.ones((2, 64, 64, 3), np.float32)
   a, b = (np.asarray(drop(x, train=True)[0]) for _ in range(2))
   assert np.isfinite(a).all() and not np.allclose(a, b)  # two different dropout draws
@@ -123,38 +127,38 @@ def test_pretrained_true_downloads_once_then_reads_the_cache(env, server, tmp_pa
 
 def test_hub_address_through_huggingface_hub(env, server, tmp_path):
   address = 'hf://test-org/tiny-deit/model.safetensors'
-  model = models.create('deit_tiny', pretrained=address, **TINY)
+  model = stvit_jax.create('deit_tiny', pretrained=address, **TINY)
   assert_timm_logits(model)
   paths = {r[1] for r in server.requests}
   assert '/test-org/tiny-deit/resolve/main/model.safetensors' in paths
   blobs = list((tmp_path / 'hf').glob('models--test-org--tiny-deit/blobs/*'))
   assert [b.name for b in blobs] == [sha(server.repos['test-org/tiny-deit']['model.safetensors'])]
-  # weights.load_weights takes the same address for a model built by the caller.
+  # factory.load takes the same address for a model built by the caller.
   from flax import nnx
   fresh = nnx.eval_shape(lambda: models.create('deit_tiny', **TINY, num_classes=10))
-  provenance = weights.load_weights(fresh, address, name='deit_tiny', options=TINY)
+  provenance = factory.load(fresh, address, name='deit_tiny', options=TINY)
   assert provenance['source']['address'] == address
   assert_timm_logits(fresh)  # every weight came from the converted file
 
 
 def test_pth_over_https(env, server):
   pytest.importorskip('torch')
-  model = models.create('deit_tiny', pretrained=server.file_url('deit_tiny.pth'), **TINY)
+  model = stvit_jax.create('deit_tiny', pretrained=server.file_url('deit_tiny.pth'), **TINY)
   assert_timm_logits(model)
 
 
 def test_pth_without_torch_names_the_extra(env, server, monkeypatch):
-  monkeypatch.setattr(pretrained, '_has_torch', lambda: False)
-  with pytest.raises(pretrained.PretrainedError, match=r"pip install 'stvit_jax\[torch\]'"):
-    models.create('deit_tiny', pretrained=server.file_url('deit_tiny.pth'), **TINY)
+  monkeypatch.setattr(hub, '_has_torch', lambda: False)
+  with pytest.raises(hub.PretrainedError, match=r"pip install 'stvit_jax\[torch\]'"):
+    stvit_jax.create('deit_tiny', pretrained=server.file_url('deit_tiny.pth'), **TINY)
   assert server.requests == []  # refused before downloading
 
 
 def test_checksum_mismatch_deletes_the_download(env, server, tmp_path):
   env(deit_tiny={'address': server.file_url('deit_tiny.safetensors'), 'format': 'safetensors',
                  'options': TINY, 'sha256': '0' * 64})
-  with pytest.raises(pretrained.PretrainedError, match='checksum mismatch: sha256 [0-9a-f]{64}'):
-    models.create('deit_tiny', pretrained=True)
+  with pytest.raises(hub.PretrainedError, match='checksum mismatch: sha256 [0-9a-f]{64}'):
+    stvit_jax.create('deit_tiny', pretrained=True)
   downloads = tmp_path / 'cache' / 'stvit_jax' / 'downloads'
   assert [p for p in downloads.rglob('*') if p.is_file()] == []
   assert not (tmp_path / 'cache' / 'stvit_jax' / 'converted').exists()
@@ -162,7 +166,7 @@ def test_checksum_mismatch_deletes_the_download(env, server, tmp_path):
 
 def test_interrupted_download_resumes_with_a_range_request(env, server):
   server.truncate['/files/deit_tiny.safetensors'] = 1
-  model = models.create('deit_tiny', pretrained=True)
+  model = stvit_jax.create('deit_tiny', pretrained=True)
   assert_timm_logits(model)  # and the sha256 of the joined file matched the catalogue's
   gets = [r for r in server.requests if r[0] == 'GET']
   half = len(server.files['deit_tiny.safetensors']) // 2
@@ -171,39 +175,39 @@ def test_interrupted_download_resumes_with_a_range_request(env, server):
 
 
 def test_download_that_keeps_failing_keeps_the_part_for_the_next_run(env, server, monkeypatch):
-  monkeypatch.setattr(pretrained, 'ATTEMPTS', 1)
+  monkeypatch.setattr(hub, 'ATTEMPTS', 1)
   server.truncate['/files/deit_tiny.safetensors'] = 1
-  with pytest.raises(pretrained.PretrainedError, match=r'kept in .*\.part; rerunning resumes'):
-    models.create('deit_tiny', pretrained=True)
-  models.create('deit_tiny', pretrained=True)  # the rerun resumes and completes
+  with pytest.raises(hub.PretrainedError, match=r'kept in .*\.part; rerunning resumes'):
+    stvit_jax.create('deit_tiny', pretrained=True)
+  stvit_jax.create('deit_tiny', pretrained=True)  # the rerun resumes and completes
   assert server.requests[-1][2] is not None and server.requests[-1][2].startswith('bytes=')
 
 
 @pytest.mark.parametrize('source', ['pretrained', 'hf://test-org/tiny-deit/model.safetensors'])
 def test_offline_with_an_empty_cache_says_how_to_get_the_file(env, server, monkeypatch, source):
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-  with pytest.raises(pretrained.PretrainedError) as err:
-    models.create('deit_tiny', pretrained=source if source != 'pretrained' else True, **TINY)
+  with pytest.raises(hub.PretrainedError) as err:
+    stvit_jax.create('deit_tiny', pretrained=source if source != 'pretrained' else True, **TINY)
   message = str(err.value)
   file = 'deit_tiny.safetensors' if source == 'pretrained' else 'model.safetensors'
   assert file in message and 'HF_HUB_OFFLINE is set' in message
-  assert 'python -m stvit_jax.pretrained --download deit_tiny' in message
-  assert f'python -m stvit_jax.convert --model deit_tiny --src {file} --out DIR' in message
+  assert 'python -m stvit_jax.tools.pretrained --download deit_tiny' in message
+  assert f'python -m stvit_jax.tools.convert --model deit_tiny --src {file} --out DIR' in message
   assert server.requests == []
 
 
 def test_hub_repository_or_file_that_does_not_exist(env):
-  with pytest.raises(pretrained.PretrainedError, match="has no repository 'nobody/missing'"):
-    models.create('deit_tiny', pretrained='hf://nobody/missing/model.safetensors', **TINY)
-  with pytest.raises(pretrained.PretrainedError, match="has no file 'nope.safetensors'"):
-    models.create('deit_tiny', pretrained='hf://test-org/tiny-deit/nope.safetensors', **TINY)
+  with pytest.raises(hub.PretrainedError, match="has no repository 'nobody/missing'"):
+    stvit_jax.create('deit_tiny', pretrained='hf://nobody/missing/model.safetensors', **TINY)
+  with pytest.raises(hub.PretrainedError, match="has no file 'nope.safetensors'"):
+    stvit_jax.create('deit_tiny', pretrained='hf://test-org/tiny-deit/nope.safetensors', **TINY)
 
 
 def test_url_not_found_and_model_without_weights(env, server):
-  with pytest.raises(pretrained.PretrainedError, match='HTTP 404'):
-    models.create('deit_tiny', pretrained=server.file_url('missing.safetensors'), **TINY)
+  with pytest.raises(hub.PretrainedError, match='HTTP 404'):
+    stvit_jax.create('deit_tiny', pretrained=server.file_url('missing.safetensors'), **TINY)
   with pytest.raises(ValueError, match="no pretrained weights are known for 'stvit_deit_tiny'"):
-    models.create('stvit_deit_tiny', pretrained=True)
+    stvit_jax.create('stvit_deit_tiny', pretrained=True)
 
 
 def test_catalogue_entries_are_well_formed():
@@ -219,7 +223,7 @@ def test_catalogue_entries_are_well_formed():
   assert [entries[f'video_swin_{s}'].top1 for s in ('tiny', 'small', 'base')] == [78.8, 80.6, 80.6]
   for entry in entries.values():
     if entry.address.startswith('hf://'):
-      assert pretrained.parse_hf(entry.address)[1] == entry.file
+      assert hub.parse_hf(entry.address)[1] == entry.file
     video = models.family(entry.model).input_kind == 'video'
     assert entry.top1 and entry.dataset.startswith('kinetics400' if video else 'imagenet2012')
 
@@ -233,7 +237,7 @@ def test_video_swin_release_file_by_url(env, server):
   buf = io.BytesIO()
   torch.save(release, buf)
   server.files['vswin_tiny_k400.pth'] = buf.getvalue()
-  model = models.create('video_swin_tiny', pretrained=server.file_url('vswin_tiny_k400.pth'),
+  model = stvit_jax.create('video_swin_tiny', pretrained=server.file_url('vswin_tiny_k400.pth'),
                         num_classes=10, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
   data = np.load(os.path.join(FIXTURES, 'video_swin_tiny.io.npz'))
   logits = np.asarray(model(data['input'].astype(np.float32).transpose(0, 2, 3, 4, 1),
@@ -252,10 +256,14 @@ def test_listing_and_download_command(env, server, capsys):
   assert row.split()[1:4] == ['12.50', 'safetensors', 'yes']
   assert pretrained.main(['--download', 'stvit_deit_tiny']) == 2
   assert 'no pretrained weights are known' in capsys.readouterr().err
+  # A bad name among several is reported; the others are still fetched.
+  assert pretrained.main(['--download', 'stvit_deit_tiny', 'deit_tiny']) == 2
+  out, err = capsys.readouterr()
+  assert 'stvit_deit_tiny' in err and out.startswith('deit_tiny: ')
 
 
 def test_flops_pretrained_column(capsys, monkeypatch):
-  from stvit_jax import flops
+  from stvit_jax.tools import flops
   monkeypatch.delenv(catalogue.CATALOGUE_ENV, raising=False)
   flops.main(['deit_tiny', 'stvit_deit_tiny', '--pretrained'])
   lines = capsys.readouterr().out.splitlines()

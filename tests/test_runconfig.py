@@ -1,5 +1,5 @@
 """runconfig: which config changes break exact resume."""
-from stvit_jax import runconfig
+from stvit_jax.train import runconfig
 
 
 def saved_config(**model):

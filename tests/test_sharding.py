@@ -7,7 +7,9 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from stvit_jax import models, optim, sharding
+from stvit_jax import models
+from stvit_jax.train import optim
+from stvit_jax.runtime import sharding
 
 
 def mesh(data, fsdp):

@@ -1,6 +1,6 @@
 """STViT-R stage 3 against an independent numpy (float64) reference.
 
-The reference below is written from MODELS.md section 4 and the official
+The reference below is written from docs/models.md section 4 and the official
 PyTorch code (changsn/STViT-R: `models/layers.py` `Block` and
 `SemanticAttentionBlock`, `models/swin_transformer.py` `Deit`), reading only
 parameter values out of the JAX module. One dumbbell unit:
@@ -101,7 +101,7 @@ def swin_block_shift0(x, p, blk, heads=HEADS, side=GRID, w=WINDOW):
   return x + mlp(ln(x, p, blk + 'norm2'), p, blk)
 
 
-POOL_BINS = ((0, 2), (2, 4), (4, 6))  # spec: adaptive pooling 7 -> 3, inclusive
+POOL_BINS = ((0, 2), (2, 4), (4, 6))  # docs/models.md section 4: adaptive pooling 7 -> 3, inclusive
 
 
 def stgm1(x, p, blk, window_major=False):

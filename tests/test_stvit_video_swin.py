@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from numpy_reference import apply, randomize
-from stvit_jax import flops, models
+from stvit_jax.tools import flops
+from stvit_jax import models
 from stvit_jax.models import stvit_swin, stvit_video_swin
 
 TINY = dict(embed_dim=16, depths=(2, 2, 6, 2), num_heads=(1, 2, 2, 4),
@@ -148,7 +149,7 @@ def test_wrong_clip_size_and_image_batch(model):
 
 
 def test_visualize_draws_a_strip_per_temporal_token(model, tmp_path):
-  from stvit_jax import visualize
+  from stvit_jax.tools import visualize
   clips = jax.random.normal(jax.random.key(5), (1, 4, 224, 224, 3))
   for layer in (1, 2):
     maps, patch = visualize.semantic_maps(model, clips, layer=layer)

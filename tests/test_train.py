@@ -3,7 +3,6 @@ a loss that falls, gradient accumulation, exact eval counting, clear failures.""
 import importlib
 import json
 import os
-import sys
 
 import chex
 import jax
@@ -12,11 +11,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
 import imagenet_mock  # noqa: E402
-from stvit_jax import evaluate, sharding, train  # noqa: E402
+from stvit_jax.train import evaluate  # noqa: E402
+from stvit_jax.runtime import sharding
+from stvit_jax.train import functional
+from stvit_jax.train import loop
+from stvit_jax.train import trainer
 from stvit_jax.data import pipeline  # noqa: E402
 
 SPLITS = {'train': 40, 'validation': 25}
@@ -70,7 +71,7 @@ def test_family_trains_two_steps_on_imagenet_pipeline(family, mock_imagenet, tmp
     config.data.randaugment = ''
   if 'deit' not in family:
     config.eval_every_steps = 0  # no eval
-  summary = train.train_and_evaluate(config, tmp_path)
+  summary = loop.train_and_evaluate(config, tmp_path)
   assert summary['final_step'] == 2 and summary['model'] == config.model.name
   if 'deit' in family:  # validation[:20] at batch 8: 4 padding rows, not counted
     assert summary['eval_num_examples'] == 20 and 'eval_top1' in summary
@@ -83,9 +84,9 @@ def test_family_trains_two_steps_on_imagenet_pipeline(family, mock_imagenet, tmp
 
 
 def _trainer(config, batch=16):
-  """The trainer train_and_evaluate builds (train.build), on one device."""
+  """The trainer train_and_evaluate builds (trainer.build), on one device."""
   mesh = sharding.make_mesh(config, devices=jax.devices()[:1])
-  return train.build(config, mesh, pipeline.batch_spec(config.data, batch),
+  return trainer.build(config, mesh, pipeline.batch_spec(config.data, batch),
                      steps_per_epoch=config.total_steps)
 
 
@@ -136,26 +137,26 @@ def test_gradient_accumulation_matches_the_full_batch():
 def test_train_step_compiles_once_for_a_run_of_steps(monkeypatch):
   """Retrace guard: new batches, steps and random numbers reuse the one compiled step,
   with every option that adds state or control flow switched on."""
-  make = train.make_train_step
-  monkeypatch.setattr(train, 'make_train_step',
+  make = trainer.make_train_step
+  monkeypatch.setattr(trainer, 'make_train_step',
                       lambda *a, **k: chex.assert_max_traces(make(*a, **k), n=1))
   config = _tiny_quickstart(**{'optim.grad_accum_steps': 2, 'ema_decay': 0.9,
                                'model.drop_path_rate': 0.1, 'mixup.prob': 1.0})
-  trainer = _trainer(config)
-  state = trainer.initial_state()
+  built = _trainer(config)
+  state = built.initial_state()
   rng = np.random.default_rng(0)
   for i in range(4):  # a chex assertion error on the second trace
     batch = {k: (rng.integers(0, 10, s.shape) if k == 'label' else rng.normal(size=s.shape))
-             .astype(s.dtype) for k, s in trainer.batch_spec.items()}
-    state, metrics = trainer.train_step(state, sharding.to_global(batch, trainer.mesh))
+             .astype(s.dtype) for k, s in built.batch_spec.items()}
+    state, metrics = built.train_step(state, sharding.to_global(batch, built.mesh))
     assert np.isfinite(float(metrics['loss']))
   assert int(state['step']) == 4 and 'ema' in state
 
 
 def test_stochastic_depth_depends_on_the_step_rng():
   config = _tiny_quickstart(**{'model.drop_path_rate': 0.5})
-  graphdef, params, stats, rngs = train.split(train.create_model(config))
-  apply = jax.jit(train.make_apply(graphdef, train.placeholder_rngs(rngs)),
+  graphdef, params, stats, rngs = functional.split(functional.create_model(config))
+  apply = jax.jit(functional.make_apply(graphdef, functional.placeholder_rngs(rngs)),
                   static_argnames='train')
   images = jnp.asarray(_fixed_batch()['image'])
   # scaled up: at init the residual branches (and so dropping them) barely matter
@@ -205,7 +206,7 @@ def test_missing_dataset_says_how_to_prepare(tmp_path):
   config = get_config('deit_s', 'runlocal')
   config.data.data_dir = str(tmp_path / 'empty')
   with pytest.raises(FileNotFoundError, match='manual_dir'):
-    train.train_and_evaluate(config, tmp_path / 'run')
+    loop.train_and_evaluate(config, tmp_path / 'run')
 
 
 def test_mismatched_classes_and_sizes_are_named(mock_imagenet, tmp_path):
@@ -213,10 +214,10 @@ def test_mismatched_classes_and_sizes_are_named(mock_imagenet, tmp_path):
   config.data.data_dir = mock_imagenet
   config.model.num_classes = 10
   with pytest.raises(ValueError, match='num_classes=10 but dataset .* has 1000 classes'):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   config.model.num_classes, config.data.image_size = 1000, 64
   with pytest.raises(ValueError, match='img_size=32 differs from config.data.image_size=64'):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   config.data.image_size, config.optim.grad_accum_steps = 32, 3
   with pytest.raises(ValueError, match='grad_accum_steps=3'):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)

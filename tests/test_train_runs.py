@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from stvit_jax import checkpoint, cli
+from stvit_jax.train import checkpoint
+from stvit_jax import cli
 
 pytestmark = pytest.mark.slow  # every test runs `python -m stvit_jax.main` in subprocesses
 

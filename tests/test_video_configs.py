@@ -1,14 +1,11 @@
 """Kinetics configs: variants pick the model, the Video Swin recipe, runlocal shrinks."""
 import importlib
-import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
-from stvit_jax import models, train  # noqa: E402
+from stvit_jax import models  # noqa: E402
+from stvit_jax.train import functional
 
 CONFIGS = {
     'video_swin_t': {'': 'stvit_video_swin_tiny', 'baseline': 'video_swin_tiny'},
@@ -21,7 +18,7 @@ def test_variants_and_the_video_swin_recipe(name):
   module = importlib.import_module(f'configs.{name}')
   for variant, model in CONFIGS[name].items():
     config = module.get_config(variant)
-    assert config.model.name == model and train.input_kind(config) == 'video'
+    assert config.model.name == model and functional.input_kind(config) == 'video'
     assert set(config.model) - {'name', 'dtype'} == set(models.options(model)) - {'dtype'}
     assert (config.batch_size, config.total_epochs, config.warmup_epochs) == (64, 30, 2.5)
     o = config.optim
@@ -36,4 +33,4 @@ def test_variants_and_the_video_swin_recipe(name):
     assert small.data.num_frames == small.model.num_frames == 8
   doc = module.__doc__
   assert f'--config=configs/{name}.py' in doc and 'top-1' in doc
-  assert 'python -m stvit_jax.data.kinetics --name kinetics400' in doc
+  assert 'python -m stvit_jax.data.builders.kinetics --name kinetics400' in doc

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from stvit_jax.data import defaults
-from stvit_jax.data import kinetics
-from stvit_jax.data import moving_digits
+from stvit_jax.data import datasets, defaults
+from stvit_jax.data.builders import kinetics
+from stvit_jax.data.builders import moving_digits
 from stvit_jax.data import pipeline
 from stvit_jax.data import video
 import video_fixtures
@@ -82,7 +82,7 @@ def test_one_crop_box_and_one_flip_for_all_frames():
 
 def test_eval_views_count_and_every_video_once_over_processes(data_dir):
   cfg = video_fixtures.video_cfg(data_dir)
-  builder = video.get_builder(cfg)
+  builder = datasets.builder(cfg, 'video')
   expected = collections.Counter(
       int(ex['label']) for ex in builder.as_dataset(split='validation').as_numpy_iterator())
   seen, batch_counts = collections.Counter(), []
@@ -99,7 +99,7 @@ def test_eval_views_count_and_every_video_once_over_processes(data_dir):
 
 def test_eval_crops_left_centre_right(data_dir):
   cfg = video_fixtures.video_cfg(data_dir, image_size=24, eval_clips=1, num_frames=2)
-  builder = video.get_builder(cfg)
+  builder = datasets.builder(cfg, 'video')
   record = next(iter(pipeline._read(builder, 'validation[1:2]')))  # pylint: disable=protected-access
   views = video.eval_views(cfg)(record).numpy()
   frames = np.stack([tf.io.decode_jpeg(f).numpy() for f in record['video'].numpy()])
@@ -139,20 +139,20 @@ def test_per_process_train_shares_are_disjoint(data_dir):
 
 def test_modalities_do_not_mix(data_dir):
   with pytest.raises(ValueError, match="'imagenet2012' is an image dataset.*video model"):
-    video.get_builder(video_fixtures.video_cfg(None, name='imagenet2012'))
+    datasets.builder(video_fixtures.video_cfg(None, name='imagenet2012'), 'video')
   image_cfg = defaults.data_config()
   image_cfg.update(name='kinetics400')
   with pytest.raises(ValueError, match='video dataset.*image model'):
-    pipeline.get_builder(image_cfg)
+    datasets.builder(image_cfg)
   image_cfg.update(name='tiny_videos', data_dir=data_dir)
   with pytest.raises(ValueError, match='holds videos.*image model'):
-    pipeline.get_builder(image_cfg)
+    datasets.builder(image_cfg)
 
 
 def test_unprepared_kinetics_names_the_conversion_command(tmp_path):
-  with pytest.raises(FileNotFoundError, match='python -m stvit_jax.data.kinetics --name '
+  with pytest.raises(FileNotFoundError, match='python -m stvit_jax.data.builders.kinetics --name '
                      'kinetics400'):
-    video.get_builder(video_fixtures.video_cfg(str(tmp_path), name='kinetics400'))
+    datasets.builder(video_fixtures.video_cfg(str(tmp_path), name='kinetics400'), 'video')
 
 
 def test_moving_digits_need_motion():

@@ -4,7 +4,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from stvit_jax import evaluate, optim, sharding
+from stvit_jax.train import evaluate, optim
+from stvit_jax.runtime import sharding
 
 
 def _mesh():

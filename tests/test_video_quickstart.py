@@ -1,23 +1,20 @@
 """configs/video_quickstart.py: its model fits the semantic-token stage on the 32x32
 canvas, and its variants."""
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
-from configs import video_quickstart  # noqa: E402
-from stvit_jax import models, train  # noqa: E402
+from stvit_jax.configs import video_quickstart  # noqa: E402
+from stvit_jax import models  # noqa: E402
+from stvit_jax.train import functional
 
 
 def test_variants_build_the_stvit_video_model():
   config = video_quickstart.get_config()
-  assert config.model.name == 'stvit_video_swin_tiny' and train.input_kind(config) == 'video'
+  assert config.model.name == 'stvit_video_swin_tiny' and functional.input_kind(config) == 'video'
   assert set(config.model) - {'name', 'dtype'} == set(models.options(config.model.name)) - {
       'dtype'}
   d = config.data
@@ -45,11 +42,11 @@ def test_the_semantic_token_stage_runs_on_the_canvas():
   shape = (1, config.data.num_frames, config.data.image_size, config.data.image_size, 3)
 
   def forward():
-    return train.create_model(config)(jnp.zeros(shape), train=False)
+    return functional.create_model(config)(jnp.zeros(shape), train=False)
 
   logits, aux = nnx.eval_shape(forward)  # traced, not computed: cheap
   assert logits.shape == (1, 8)
   frames = config.data.num_frames // config.model.patch_size[0]
   assert [s.shape for s in aux['semantic_tokens']] == [(1, frames, 64, 4 * config.model.embed_dim)]
-  model = nnx.eval_shape(lambda: train.create_model(config))
+  model = nnx.eval_shape(lambda: functional.create_model(config))
   assert sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))) < 1e6

@@ -8,7 +8,8 @@ import pytest
 from flax import nnx
 
 from numpy_reference import apply, dense, gelu, ln, params, randomize, softmax
-from stvit_jax import flops, models
+from stvit_jax.tools import flops
+from stvit_jax import models
 from stvit_jax.models import video_swin
 
 # params with 400 classes (torchvision swin3d_t / swin3d_b agree), GMACs per

@@ -2,17 +2,14 @@
 from a converted Kinetics-layout folder, and the modality checks."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ is not part of the installed package
 
-from configs import common  # noqa: E402
-from stvit_jax import train  # noqa: E402
-from stvit_jax.data import kinetics  # noqa: E402
+from stvit_jax.train import defaults  # noqa: E402
+from stvit_jax.train import loop  # noqa: E402
+from stvit_jax.data.builders import kinetics  # noqa: E402
 import video_fixtures  # noqa: E402
 
 TINY_VIDEO_SWIN = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
@@ -29,7 +26,7 @@ def data_dir(tmp_path_factory):
 
 
 def video_config(data_dir, model='video_swin_tiny'):
-  config = common.video_base(model, dataset='kinetics400', num_classes=3, img_size=16,
+  config = defaults.video_base(model, dataset='kinetics400', num_classes=3, img_size=16,
                              num_frames=4, **TINY_VIDEO_SWIN)
   config.data.update(name='tiny_videos', data_dir=data_dir, eval_clips=2, eval_crops=3,
                      shuffle_buffer=8, prefetch=1)
@@ -41,7 +38,7 @@ def video_config(data_dir, model='video_swin_tiny'):
 
 @pytest.mark.slow
 def test_video_model_trains_and_evaluates_views_from_converted_kinetics(data_dir, tmp_path):
-  summary = train.train_and_evaluate(video_config(data_dir), str(tmp_path))
+  summary = loop.train_and_evaluate(video_config(data_dir), str(tmp_path))
   assert summary['final_step'] == 4 and summary['model'] == 'video_swin_tiny'
   # 5 decodable validation videos (one file is corrupt), 2 x 3 views each, batches of 2
   # with one padding row: each video counted once
@@ -56,12 +53,12 @@ def test_image_dataset_for_a_video_model_and_the_reverse(data_dir, tmp_path):
   config = video_config(data_dir)
   config.data.name = 'imagenet2012'
   with pytest.raises(ValueError, match="'imagenet2012' is an image dataset.*video model"):
-    train.train_and_evaluate(config, str(tmp_path / 'a'))
-  image = common.base('deit_tiny', dataset='imagenet2012', num_classes=3, img_size=16,
+    loop.train_and_evaluate(config, str(tmp_path / 'a'))
+  image = defaults.base('deit_tiny', dataset='imagenet2012', num_classes=3, img_size=16,
                       patch_size=8)
   image.data.update(name='tiny_videos', data_dir=data_dir)
   with pytest.raises(ValueError, match='holds videos.*image model'):
-    train.train_and_evaluate(image, str(tmp_path / 'b'))
+    loop.train_and_evaluate(image, str(tmp_path / 'b'))
   assert not os.path.exists(tmp_path / 'a') and not os.path.exists(tmp_path / 'b')
 
 
@@ -69,4 +66,4 @@ def test_mixup_is_refused_for_video(data_dir, tmp_path):
   config = video_config(data_dir)
   config.mixup.prob = 1.0
   with pytest.raises(ValueError, match='config.mixup.prob=1.0.*video model'):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))

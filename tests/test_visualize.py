@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from sklearn import datasets
 
-from stvit_jax import visualize
+from stvit_jax.tools import visualize
 
 PHOTO = os.path.join(os.path.dirname(datasets.__file__), 'images', 'china.jpg')
 
@@ -103,9 +103,9 @@ def test_cli_writes_a_png_for_an_untrained_model(tmp_path):
 
 
 def test_cli_loads_weights_from_init_from(tmp_path):
-  from stvit_jax import weights
+  from stvit_jax.weights import store
   source = visualize.build('stvit_deit_small', seed=7, num_classes=3, **TINY['stvit_deit_small'])
-  weights.save_weights(tmp_path / 'w', source, {'model': 'stvit_deit_small'})
+  store.save_weights(tmp_path / 'w', source, {'model': 'stvit_deit_small'})
   # The head's class count differs (3 vs 1000): it plays no part in the maps.
   loaded = visualize.build('stvit_deit_small', init_from=tmp_path / 'w', seed=0,
                            **TINY['stvit_deit_small'])

@@ -1,6 +1,6 @@
 """Window machinery of the Swin family against independent references.
 
-Every reference here is written from the spec (MODELS.md sections 1, 2) and
+Every reference here is written from docs/models.md (sections 1, 2) and
 the official Swin / STViT-R code, in numpy float64, without calling the code
 under test: window partition order, the shifted-window attention of a whole
 `SwinBlock` as masked full attention over the un-rolled grid, the relative

@@ -1,10 +1,11 @@
-"""stvit_jax.xla_cpu: which library XLA:CPU gives the model steps' dots and convolutions."""
+"""stvit_jax.runtime.xla_cpu: which library XLA:CPU gives the model steps' dots and convolutions."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stvit_jax import benchmark, benchmark_table, xla_cpu
+from stvit_jax.tools import benchmark, benchmark_table
+from stvit_jax.runtime import xla_cpu
 
 
 def _uses_ynnpack(compiled):

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from stvit_jax.data import kinetics
-from stvit_jax.data import video_convert
+from stvit_jax.data.builders import kinetics
+from stvit_jax.data.builders import video_convert
 
 LABELS = ['abseiling', 'playing drums, fast', 'zumba']  # sorted; one with a comma
 HEIGHT, WIDTH = 24, 32

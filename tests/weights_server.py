@@ -107,12 +107,14 @@ def source_state_dict(name, seed=0, **options):
   that the converter reads for its family would hold them (names and layouts)."""
   import numpy as np
   from flax import nnx
-  from stvit_jax import convert, models, weights
+  from stvit_jax.weights import convert
+  from stvit_jax.weights import store
+  from stvit_jax import models
   abstract = nnx.eval_shape(lambda: models.create(name, **options))
   rules = convert.RULES[convert.rules_for(name, {'layers.0.downsample.x': 0})[0]]
   rng = np.random.default_rng(seed)
   out = {}
-  for target, value in weights.flat_variables(abstract).items():
+  for target, value in store.flat_variables(abstract).items():
     shape, leaf = tuple(value.shape), target.rsplit('.', 1)[-1]
     if leaf in ('scale', 'var'):
       array = rng.uniform(0.5, 1.5, shape)

@@ -1,6 +1,8 @@
 """Datasets as a table: how each kind of TFDS dataset becomes examples.
 
-A row says how to get the prepared builder, how one record becomes a train
+This table is the one place that says which builder, transforms and batch spec
+a `data.name` gets (the image pipeline, data/video.py and the trainer all ask it
+through `builder` and `get`). A row says its input kind, how to get the prepared builder, how one record becomes a train
 example (seeded) and an eval example, and what one example looks like (its
 keys, shapes and dtypes: the batch spec the trainer is built from). The
 pipeline (`pipeline.py`) does the rest (process shares, shuffling, resuming,
@@ -18,14 +20,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from stvit_jax.data import defaults
-from stvit_jax.data import device_augment
-from stvit_jax.data import digits
-from stvit_jax.data import preprocess
+from stvit_jax.data import defaults, device_augment, preprocess
+from stvit_jax.data.builders import digits, kinetics, moving_digits  # kinetics: registers them
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+  kind: str                    # 'image' or 'video': the model input kind it feeds
   builder: Callable            # cfg -> a prepared tfds builder
   train_transform: Callable    # (cfg, builder) -> fn(record, seed int64 (2,)) -> example
   eval_transform: Callable     # (cfg, builder) -> fn(record) -> example
@@ -39,6 +40,10 @@ def _missing_message(builder, cfg):
   root = cfg.data_dir or tfds.core.constants.DATA_DIR
   head = (f'TFDS dataset {builder.name!r} is not prepared in data.data_dir={root!r} '
           f'(nothing at {builder.data_path}). ')
+  if cfg.name in kinetics.BUILDERS:
+    return head + (f'Convert your download once:\n  python -m stvit_jax.data.builders.kinetics '
+                   f'--name {cfg.name} --manual_dir DIR --data_dir {root}\nwith DIR laid out '
+                   f'as\n{kinetics.LAYOUT}')
   if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
     return head + (
         'It cannot be downloaded automatically. Put the files below in a manual_dir:\n'
@@ -50,26 +55,31 @@ def _missing_message(builder, cfg):
                  'or set data.data_dir to where it is already prepared (local or gs://).')
 
 
-def tfds_image_builder(cfg):
-  """A prepared TFDS image classification builder ('image' and 'label' features)."""
-  if cfg.name in defaults.VIDEO_DATASETS:
-    raise ValueError(f'data.name={cfg.name!r} is a video dataset, and this config trains an '
-                     'image model; use a video config (configs/video_*.py) or an image '
-                     f"dataset ('imagenet2012', '{digits.NAME}')")
+KNOWN = {'image': f"use 'imagenet2012', '{digits.NAME}' or another TFDS image "
+                  'classification dataset',
+         'video': f'video datasets: {defaults.VIDEO_DATASETS}'}
+USE_INSTEAD = {'image': 'use an image config (configs/deit_s.py, ...)',
+               'video': 'use a video config (configs/video_*.py)'}
+
+
+def tfds_builder(cfg, kind):
+  """The prepared TFDS classification builder of `cfg.name` with a `kind` ('image' or
+  'video') and a 'label' feature; the features are checked before the data (they are
+  known before anything is prepared)."""
   try:
     builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f"data.name={cfg.name!r} is not a TFDS dataset; use 'imagenet2012', "
-                     f"'{digits.NAME}' or another TFDS image classification dataset") from e
+    raise ValueError(f'data.name={cfg.name!r} is not a TFDS dataset; {KNOWN[kind]}') from e
+  features = builder.info.features
+  other = 'video' if kind == 'image' else 'image'
+  if other in features:
+    raise ValueError(f'data.name={cfg.name!r} holds {other}s, and this config trains '
+                     f'{_A[kind]} model; {USE_INSTEAD[other]}')
+  if kind not in features or 'label' not in features:
+    raise ValueError(f'data.name={cfg.name!r} has features {list(features)}; '
+                     f"{_A[kind].split()[0]} '{kind}' and a 'label' feature are needed")
   if not builder.is_prepared():
     raise FileNotFoundError(_missing_message(builder, cfg))
-  features = builder.info.features
-  if 'video' in features:
-    raise ValueError(f'data.name={cfg.name!r} holds videos, and this config trains an image '
-                     'model; use a video config (configs/video_*.py)')
-  if 'image' not in features or 'label' not in features:
-    raise ValueError(f'data.name={cfg.name!r} has features {list(features)}; '
-                     "an 'image' and a 'label' feature are needed")
   return builder
 
 
@@ -95,7 +105,7 @@ def image_example_spec(cfg):
           'label': ((), np.int32)}
 
 
-IMAGE_CLASSIFICATION = Dataset(tfds_image_builder, image_train_transform,
+IMAGE_CLASSIFICATION = Dataset('image', lambda cfg: tfds_builder(cfg, 'image'), image_train_transform,
                                image_eval_transform, image_example_spec)
 
 # ---------------------------------------------------------------- video classification
@@ -108,12 +118,11 @@ def video_example_spec(cfg):
           'label': ((), np.int32)}
 
 
-# Video datasets are read by data/video.py (its builder, clip transforms and
-# multi-view evaluation, through this pipeline's sharding and resume); their row
-# gives the trainer its batch spec, and the image builder refuses them with the
-# field to change, should an image model's config name one.
-VIDEO_CLASSIFICATION = dataclasses.replace(IMAGE_CLASSIFICATION,
-                                           example_spec=video_example_spec)
+# The transforms of video rows are data/video.py's (clip sampling, multi-view
+# evaluation) and are not looked up here; their rows give the builder and the
+# trainer's batch spec.
+VIDEO_CLASSIFICATION = Dataset('video', lambda cfg: tfds_builder(cfg, 'video'), None, None,
+                               video_example_spec)
 
 # data.name -> row; a name not listed is a TFDS classification dataset of the
 # model's input kind (KINDS).
@@ -122,10 +131,31 @@ DATASETS = {
     'imagenet2012': IMAGE_CLASSIFICATION,
     digits.NAME: dataclasses.replace(
         IMAGE_CLASSIFICATION, builder=lambda cfg: digits.prepared_builder(cfg.data_dir)),
-    **{name: VIDEO_CLASSIFICATION for name in defaults.VIDEO_DATASETS},
+    **{name: VIDEO_CLASSIFICATION for name in kinetics.BUILDERS},
+    moving_digits.NAME: dataclasses.replace(
+        VIDEO_CLASSIFICATION, builder=lambda cfg: moving_digits.prepared_builder(cfg.data_dir)),
 }
 
 
 def get(name, input_kind='image'):
   """The row of dataset `name`; for a name not listed, that of `input_kind` datasets."""
   return DATASETS.get(name, KINDS[input_kind])
+
+
+def builder(cfg, input_kind='image'):
+  """The prepared TFDS builder of `cfg.name` for a model of `input_kind`; a ValueError
+  naming the field when the dataset holds the other kind, FileNotFoundError with the
+  command that prepares it."""
+  row = get(cfg.name, input_kind)
+  if row.kind != input_kind:
+    if row.kind == 'video':
+      fix = ("use a video config (configs/video_*.py) or an image dataset "
+             f"('imagenet2012', '{digits.NAME}')")
+    else:
+      fix = f'use an image config or a video dataset {defaults.VIDEO_DATASETS}'
+    raise ValueError(f'data.name={cfg.name!r} is {_A[row.kind]} dataset, and this config '
+                     f'trains {_A[input_kind]} model; {fix}')
+  return row.builder(cfg)
+
+
+_A = {'image': 'an image', 'video': 'a video'}

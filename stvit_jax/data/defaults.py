@@ -1,4 +1,4 @@
-"""Data and Mixup/CutMix defaults: the paper's recipe (spec section 7, DeiT/timm).
+"""Data and Mixup/CutMix defaults: the paper's recipe (docs/models.md section 7, DeiT/timm).
 
 Trainer configs call these and override fields, e.g.
 `config.data = defaults.data_config()`; `config.data.data_dir = 'gs://bucket/tfds'`.
@@ -7,7 +7,7 @@ import ml_collections
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Datasets whose examples are videos (data/kinetics.py, data/moving_digits.py).
+# Datasets whose examples are videos (data/builders/kinetics.py, data/builders/moving_digits.py).
 VIDEO_DATASETS = ('kinetics400', 'kinetics600', 'kinetics700', 'stvit_moving_digits')
 
 
@@ -74,7 +74,7 @@ def data_config(name='imagenet2012'):
 
 
 def video_data_config(name='kinetics400'):
-  """Video pipeline fields (data/video.py): spec VIDEO.md section 1's sampling and views."""
+  """Video pipeline fields (data/video.py): docs/video.md section 1's sampling and views."""
   if name not in VIDEO_DATASETS:
     raise ValueError(f'video_data_config(name={name!r}): video datasets are {VIDEO_DATASETS}')
   c = ml_collections.ConfigDict()

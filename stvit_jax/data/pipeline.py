@@ -90,11 +90,6 @@ def _check_config(cfg):
       raise ValueError(f'data.{e}') from None
 
 
-def get_builder(cfg):
-  """The prepared TFDS builder of `cfg.name`, from its row of the dataset table."""
-  return datasets.get(cfg.name).builder(cfg)
-
-
 def _num_examples(builder, split, field='split'):
   try:
     return builder.info.splits[split].num_examples
@@ -105,7 +100,7 @@ def _num_examples(builder, split, field='split'):
 
 def dataset_info(cfg):
   _check_config(cfg)
-  builder = get_builder(cfg)
+  builder = datasets.builder(cfg)
   return DatasetInfo(
       num_classes=builder.info.features['label'].num_classes,
       num_train=_num_examples(builder, cfg.train_split, 'train_split'),
@@ -156,8 +151,8 @@ def steps_per_epoch(cfg, *, global_batch_size, process_count=None):
   """
   _, n, b = _layout(global_batch_size, 0, process_count)
   if _shard_by(cfg) == 'global':
-    return _steps(get_builder(cfg), cfg, global_batch_size, 1)
-  return _steps(get_builder(cfg), cfg, b, n)
+    return _steps(datasets.builder(cfg), cfg, global_batch_size, 1)
+  return _steps(datasets.builder(cfg), cfg, b, n)
 
 
 # ---------------------------------------------------------------- datasets
@@ -259,7 +254,7 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
   """
   if builder is None:
     _check_config(cfg)
-    builder = get_builder(cfg)
+    builder = datasets.builder(cfg)
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f'seed={seed!r} must be a non-negative int')
   p, n, b = _layout(global_batch_size, process_index, process_count)
@@ -302,7 +297,7 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
   """
   _check_config(cfg)
   p, n, b = _layout(global_batch_size, process_index, process_count)
-  builder = get_builder(cfg)
+  builder = datasets.builder(cfg)
   _num_examples(builder, cfg.eval_split, 'eval_split')
   shares = [process_split(cfg.eval_split, i, n, drop_remainder=False) for i in range(n)]
   counts = [builder.info.splits[s].num_examples for s in shares]

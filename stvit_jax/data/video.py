@@ -5,14 +5,14 @@ Records are read with their frames undecoded (each frame is its own JPEG in a
 those frames (train: only the crop window of each).
 
 train: `num_frames` frames `frame_stride` apart from a random offset, looping a
-       video shorter than the span (spec VIDEO.md section 1); one
+       video shorter than the span (docs/video.md section 1); one
        RandomResizedCrop box and one flip decision for every frame of the clip;
        resize to image_size; normalise. Seeded per example by the image pipeline's
        rule, so a resumed run sees exactly the clips it would have seen.
 eval:  `eval_clips` clips evenly spaced over the video (mmaction's test-mode
        SampleFrames) x `eval_crops` crops along the long side of frames resized to
        short side image_size: views = clips x crops per video, averaged in
-       evaluate.py; every video counted once via padding masks.
+       train/evaluate.py; every video counted once via padding masks.
 Sharding, shuffling and resume are data/pipeline.py's, unchanged.
 """
 import math
@@ -20,9 +20,7 @@ import math
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from stvit_jax.data import defaults
-from stvit_jax.data import pipeline
-from stvit_jax.data import preprocess
+from stvit_jax.data import datasets, pipeline, preprocess
 
 
 def check_config(cfg):
@@ -50,38 +48,9 @@ def check_config(cfg):
     raise bad('shard_by', f'one of {pipeline.SHARD_BY}')
 
 
-def get_builder(cfg):
-  """The prepared TFDS builder of a video dataset; a clear error for anything else."""
-  if cfg.name == 'stvit_moving_digits':
-    from stvit_jax.data import moving_digits  # pylint: disable=g-import-not-at-top
-    return moving_digits.prepared_builder(cfg.data_dir)
-  from stvit_jax.data import kinetics  # pylint: disable=g-import-not-at-top  # registers them
-  try:
-    builder = tfds.builder(cfg.name, data_dir=cfg.data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'data.name={cfg.name!r} is not a TFDS dataset; video datasets: '
-                     f'{defaults.VIDEO_DATASETS}') from e
-  features = builder.info.features  # known before any data is prepared
-  if 'video' not in features or 'label' not in features:
-    kind = 'an image dataset' if 'image' in features else f'features {list(features)}'
-    raise ValueError(f"data.name={cfg.name!r} is {kind}, and this config trains a video "
-                     "model: a 'video' and a 'label' feature are needed "
-                     f'(video datasets: {defaults.VIDEO_DATASETS})')
-  if not builder.is_prepared():
-    root = cfg.data_dir or tfds.core.constants.DATA_DIR
-    where = f'data.data_dir={root!r} (nothing at {builder.data_path})'
-    if cfg.name in kinetics.BUILDERS:
-      raise FileNotFoundError(
-          f'{cfg.name} is not prepared in {where}. Convert your download once:\n'
-          f'  python -m stvit_jax.data.kinetics --name {cfg.name} --manual_dir DIR '
-          f'--data_dir {root}\nwith DIR laid out as\n{kinetics.LAYOUT}')
-    raise FileNotFoundError(f'{cfg.name} is not prepared in {where}')
-  return builder
-
-
 def dataset_info(cfg):
   check_config(cfg)
-  builder = get_builder(cfg)
+  builder = datasets.builder(cfg, 'video')
   return pipeline.DatasetInfo(
       num_classes=builder.info.features['label'].num_classes,
       num_train=pipeline._num_examples(builder, cfg.train_split, 'train_split'),  # pylint: disable=protected-access
@@ -91,7 +60,7 @@ def dataset_info(cfg):
 def steps_per_epoch(cfg, *, global_batch_size, process_count=None):
   """As pipeline.steps_per_epoch, counting videos (one clip per video per epoch)."""
   _, n, b = pipeline._layout(global_batch_size, 0, process_count)  # pylint: disable=protected-access
-  builder = get_builder(cfg)
+  builder = datasets.builder(cfg, 'video')
   if cfg.shard_by == 'global':
     return pipeline._steps(builder, cfg, global_batch_size, 1)  # pylint: disable=protected-access
   return pipeline._steps(builder, cfg, b, n)  # pylint: disable=protected-access
@@ -204,7 +173,7 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
   check_config(cfg)
   return pipeline.train_iterator(
       cfg, global_batch_size=global_batch_size, seed=seed, start_step=start_step,
-      process_index=process_index, process_count=process_count, builder=get_builder(cfg),
+      process_index=process_index, process_count=process_count, builder=datasets.builder(cfg, 'video'),
       prep=train_transform(cfg))
 
 
@@ -217,7 +186,7 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
   """
   check_config(cfg)
   p, n, b = pipeline._layout(global_batch_size, process_index, process_count)  # pylint: disable=protected-access
-  builder = get_builder(cfg)
+  builder = datasets.builder(cfg, 'video')
   pipeline._num_examples(builder, cfg.eval_split, 'eval_split')  # pylint: disable=protected-access
   shares = [tfds.split_for_jax_process(cfg.eval_split, process_index=i, process_count=n)
             for i in range(n)]

@@ -1,4 +1,4 @@
-"""Blocks shared by every model family (spec section 1).
+"""Blocks shared by every model family (docs/models.md section 1).
 
 Conventions: tokens are (B, N, C), grids (B, H, W, C). Parameters are float32;
 matmuls run in `dtype` (the compute dtype); LayerNorm, softmax and the residual
@@ -50,7 +50,7 @@ def attention(q, k, v, bias=None, impl='explicit'):
   # (B, h) slabs. Left to itself, XLA:CPU fuses the (B, N, h, d)-strided einsums,
   # the softmax and both matmuls into one kernel that reaches about half the
   # matmul throughput (deit_small: attention 21% -> 11% of CPU time, see
-  # `python -m stvit_jax.benchmark`). Unused weights are dropped by XLA.
+  # `python -m stvit_jax.tools.benchmark`). Unused weights are dropped by XLA.
   q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
   q, k, v = (jnp.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
   logits = jnp.einsum('bhqd,bhkd->bhqk', q, k).astype(jnp.float32)

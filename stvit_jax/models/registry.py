@@ -8,8 +8,9 @@ about a family, so that no tool matches name prefixes:
   input_kind         'image' (B, H, W, 3) or 'video' (B, T, H, W, 3): `example_input`
   dense_counterpart  the family of the same sizes without semantic tokens
                      (what `benchmark` compares against: stvit_deit -> deit)
-  layouts            the PyTorch checkpoint name layouts `convert` reads, each a
-                     list of module renames; the first is the default
+  layouts            the names of the PyTorch checkpoint layouts the converter reads
+                     (the first is the default; the name maps themselves live in
+                     stvit_jax/weights/layouts.py, above the models)
   stgm               which semantic token generation module `visualize` draws:
                      'global' (STViT-DeiT), 'windowed' (STViT-Swin), None
   backbone           the detection / segmentation form with the same parameters
@@ -41,27 +42,6 @@ INPUT_SHAPES: Mapping[str, Callable] = types.MappingProxyType({
 })
 
 
-def _shift_stage(delta):
-  return lambda m: f'layers.{int(m.group(1)) + delta}.downsample.'
-
-
-# PyTorch checkpoint layouts (stvit_jax.convert): module renames as
-# (source regex, to model, model regex, to source); leaves are translated
-# afterwards, and names no rule matches are the same on both sides.
-SAME_NAMES = ()
-SWIN_TIMM = (  # timm >= 0.9: the downsample starts stage N+1; the head is head.fc
-    (r'^layers\.(\d+)\.downsample\.', _shift_stage(-1),
-     r'^layers\.(\d+)\.downsample\.', _shift_stage(+1)),
-    (r'^head\.fc\.', 'head.', r'^head\.', 'head.fc.'),
-)
-STVIT_R = (  # the authors' STViT-R code: Microsoft Swin names, a conv stem, global init
-    (r'^patch_embed\.proj\.2\.', 'patch_embed.proj.1.',
-     r'^patch_embed\.proj\.1\.', 'patch_embed.proj.2.'),
-    (r'^layers\.2\.semantic_token2$', 'layers.2.global_init',
-     r'^layers\.2\.global_init$', 'layers.2.semantic_token2'),
-)
-
-
 @dataclasses.dataclass(frozen=True)
 class Family:
   """What the tools know about one model family (see the module docstring)."""
@@ -70,8 +50,7 @@ class Family:
   variants: Mapping[str, Mapping]         # variant -> constructor arguments
   input_kind: str = 'image'
   dense_counterpart: str | None = None     # a family name
-  layouts: Mapping[str | None, tuple] = dataclasses.field(
-      default_factory=lambda: {None: SAME_NAMES})
+  layouts: tuple = (None,)                 # checkpoint layouts it reads; the first is the default
   stgm: str | None = None
   backbone: type | None = None
   input_size: int = 224
@@ -102,8 +81,9 @@ def _swin(**extra):
           for size, (dim, depths, heads) in swin.VARIANTS.items()}
 
 
-_SWIN_LAYOUTS = types.MappingProxyType({'microsoft': SAME_NAMES, 'timm': SWIN_TIMM})
-_STVIT_R_LAYOUTS = types.MappingProxyType({'microsoft': STVIT_R})
+_SWIN_LAYOUTS = ('microsoft', 'timm')
+_STVIT_R_LAYOUTS = ('microsoft',)     # the authors' code: Microsoft Swin names, a conv stem
+_VIDEO_LAYOUTS = ('original', 'mmaction2', 'torchvision')
 
 FAMILIES = {f.name: f for f in (
     Family('deit', vit.VisionTransformer,
@@ -118,17 +98,17 @@ FAMILIES = {f.name: f for f in (
            dense_counterpart='swin', layouts=_STVIT_R_LAYOUTS, stgm='windowed'),
     # Video Swin: (B, T, H, W, 3) clips, 32 x 224 x 224 by default.
     Family('video_swin', video_swin.VideoSwinTransformer, _swin(), input_kind='video',
-           input_frames=32),
+           input_frames=32, layouts=_VIDEO_LAYOUTS),
     # STViT per frame (a reconstruction, see stvit_video_swin.py): stgm_after chosen
-    # so that the measured GMACs are the paper's -27 % (flops.py, README Video).
+    # so that the measured GMACs are the paper's -27 % (tools/flops.py, README Video).
     Family('stvit_video_swin', stvit_video_swin.STViTVideoSwin,
            {s: dict(_swin()[s], stgm_after=a) for s, a in (('tiny', 2), ('small', 9))},
            input_kind='video', input_frames=32, dense_counterpart='video_swin',
-           stgm='windowed'),
+           layouts=_VIDEO_LAYOUTS, stgm='windowed'),
     Family('stvit_r_video_swin', stvit_video_swin.STViTVideoSwin,
            {s: _swin(recovery=True)[s] for s in ('tiny', 'small')},
            input_kind='video', input_frames=32, dense_counterpart='video_swin',
-           stgm='windowed'),
+           layouts=_VIDEO_LAYOUTS, stgm='windowed'),
 )}
 
 
@@ -230,22 +210,15 @@ def _lookup(name, backbone=False, keyword='backbone'):
 
 
 def create(name, *, rngs=None, seed=0, dtype='float32', backbone=False, dense=None,
-           pretrained=False, **overrides):
-  """Builds model `name` with float32 parameters and `dtype` compute.
-
-  `pretrained`: True loads the weights of `name`'s catalogue entry (models/catalogue.py),
-  a string those of an address or converted directory (stvit_jax.pretrained: download,
-  convert and cache once); another `num_classes` than the weights' gives a fresh head.
+           **overrides):
+  """Builds the architecture `name` (freshly initialised) with float32 parameters and
+  `dtype` compute. With weights: `stvit_jax.create(name, pretrained=...)`.
 
   `backbone=True` (STViT-R only) gives the detection / segmentation backbone
-  (spec section 4, "dense mode"): any input size, multi-scale
+  (docs/models.md section 4, "dense mode"): any input size, multi-scale
   `aux['stage_features']`, same parameters. `dense=` is its former name, still
   accepted. `rngs` defaults to `nnx.Rngs(params=seed, dropout=seed + 1)`.
   """
-  if pretrained:
-    from stvit_jax import pretrained as hub  # pylint: disable=g-import-not-at-top
-    return hub.create(name, pretrained, rngs=rngs, seed=seed, dtype=dtype,
-                      dense=bool(backbone or dense), **overrides)
   keyword = 'backbone'
   if dense is not None:
     backbone, keyword = backbone or dense, 'dense'
@@ -264,17 +237,5 @@ def create(name, *, rngs=None, seed=0, dtype='float32', backbone=False, dense=No
   return execution.configure(model, **run)
 
 
-def layout_rules(name, layout):
-  """The rename rules of model `name`'s checkpoint `layout` (None: the family's default)."""
-  fam = family(name)
-  if layout is None:
-    layout = next(iter(fam.layouts))
-  if layout not in fam.layouts:
-    having = sorted({f'{f.name}_*' for f in FAMILIES.values() if layout in f.layouts})
-    raise ValueError(f"layout={layout!r} exists only for {', '.join(having) or 'no'} models; "
-                     f'{name} reads {list(fam.layouts)}')
-  return fam.layouts[layout]
-
-
 __all__ = ['Family', 'FAMILIES', 'create', 'dense_counterpart', 'example_input', 'family',
-           'family_of', 'layout_rules', 'names', 'options']
+           'family_of', 'names', 'options']

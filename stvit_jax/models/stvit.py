@@ -1,4 +1,4 @@
-"""STViT on DeiT (spec section 3): the paper's headline global model.
+"""STViT on DeiT (docs/models.md section 3): the paper's headline global model.
 
 patch embed -> `num_base_layers` DeiT blocks on all image tokens -> STGM
 (`stgm_depth` SBlocks that turn pooled centres into semantic tokens, keys are
@@ -34,7 +34,7 @@ def padding_bias(grid, k):
 
 
 class WeightedPool(nnx.Module):
-  """Intra-window score-weighted pooling [reconstructed, spec section 3].
+  """Intra-window score-weighted pooling [reconstructed, docs/models.md section 3].
 
   The grid is zero padded so that it splits into k x k windows (14 -> 16 for
   k = 4). A score map (DWConv3x3 -> LN -> GELU -> Conv1x1) is computed over the

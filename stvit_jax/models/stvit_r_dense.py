@@ -1,4 +1,4 @@
-"""STViT-R dense mode: the detection / segmentation backbone (spec section 4).
+"""STViT-R dense mode: the detection / segmentation backbone (docs/models.md section 4).
 
 Same modules and parameter paths as the classification `STViTSwin(recovery=True)`
 (so the ImageNet checkpoint loads unchanged), but every block is computed as in

@@ -1,4 +1,4 @@
-"""STViT on Swin: STViT-R (spec section 4, released) and STViT-Swin (section 5).
+"""STViT on Swin: STViT-R (docs/models.md section 4, released) and STViT-Swin (section 5).
 
 Both keep Swin stages 1, 2 and 4 and rebuild stage 3 (the 14x14 grid) around
 semantic tokens. STViT-R repeats a six-block "dumbbell" unit:

@@ -1,4 +1,4 @@
-"""STViT on Video Swin (spec VIDEO.md section 2): a RECONSTRUCTION.
+"""STViT on Video Swin (docs/video.md section 2): a RECONSTRUCTION.
 
 The paper only says that semantic tokens are generated for each frame, in
 Video Swin T / S. Here stage 3 is the image STViT-Swin stage

@@ -1,4 +1,4 @@
-"""Swin Transformer baseline (spec section 2), Microsoft's layout.
+"""Swin Transformer baseline (docs/models.md section 2), Microsoft's layout.
 
 Parameter paths follow the official state_dict (`layers.N.blocks.M.attn.qkv`,
 `layers.N.downsample` at the end of stage N), which STViT-R reuses. Shift

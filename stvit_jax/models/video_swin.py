@@ -1,4 +1,4 @@
-"""Video Swin Transformer (spec VIDEO.md section 1), as the original computes it.
+"""Video Swin Transformer (docs/video.md section 1), as the original computes it.
 
 Source of truth: SwinTransformer/Video-Swin-Transformer
 `mmaction/models/backbones/swin_transformer.py` (+ `heads/i3d_head.py`), with

@@ -1,4 +1,4 @@
-"""DeiT baseline (spec section 2), structured like timm's VisionTransformer.
+"""DeiT baseline (docs/models.md section 2), structured like timm's VisionTransformer.
 
 Parameter paths mirror timm's state_dict names (`patch_embed.proj`,
 `blocks.N.attn.qkv`, `head`, ...) so that checkpoints convert by rule.
