@@ -90,7 +90,15 @@ def report(exc, *, show_traceback):
   if show_traceback:
     traceback.print_exception(exc, file=sys.stderr)
   hint = '' if show_traceback else f'  (add {VERBOSE_FLAG} for the traceback)'
-  print(f'error: {message(exc)}{hint}', file=sys.stderr, flush=True)
+  error_line(f'error: {message(exc)}{hint}')
+
+
+def error_line(text):
+  """Writes one line to stderr in a single write: print() writes the text and the
+  newline separately, and a library thread (tensorstore, absl) writing between the
+  two would split or join our line in a captured log."""
+  sys.stderr.write(text + '\n')
+  sys.stderr.flush()
 
 
 def exit_code(exc):
@@ -114,7 +122,7 @@ def call(main, argv=None):
     code = main(strip_verbose(argv))
   except SystemExit as e:
     if isinstance(e.code, str):  # sys.exit('message') prints it: keep it one line
-      print(e.code if e.code.startswith('error:') else f'error: {e.code}', file=sys.stderr)
+      error_line(e.code if e.code.startswith('error:') else f'error: {e.code}')
       return USAGE
     return OK if e.code is None else e.code
   except KeyboardInterrupt:
@@ -145,7 +153,7 @@ class ArgumentParser(argparse.ArgumentParser):
                       help='on an error, also print the traceback')
 
   def error(self, message):  # argparse's own prints the whole usage first
-    print(f'error: {self.prog}: {message} (see --help)', file=sys.stderr, flush=True)
+    error_line(f'error: {self.prog}: {message} (see --help)')
     raise SystemExit(USAGE)
 
 

@@ -100,7 +100,7 @@ def _evaluate_only(config, workdir):
     eval_only.check(config)  # before anything is downloaded or written
     record = eval_only.run(config, workdir)
   except (eval_only.ModeError, hub.PretrainedError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    cli.error_line(f'error: {e}')
     sys.exit(2)
   keys = ('model', 'init_from', 'eval_split', 'top1', 'top5', 'loss', 'num_examples',
           'expected_top1')

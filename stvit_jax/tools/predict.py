@@ -169,7 +169,7 @@ def main(argv=None):
       for p, i in best:
         print(f'  {100 * p:6.2f}%  {names[i]}')
   except ValueError as e:  # UsageError, PretrainedError, a model option that does not exist
-    print(f'error: {e}', file=sys.stderr)
+    cli.error_line(f'error: {e}')
     return 2
   return 0
 

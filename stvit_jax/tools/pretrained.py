@@ -55,7 +55,7 @@ def main(argv=None):
     try:
       print(f'{name}: {hub.resolve(args.source or hub.KEYWORD, model=name)}')
     except ValueError as e:  # PretrainedError and unknown names: one line each, exit 2
-      print(f'error: {e}', file=sys.stderr)
+      cli.error_line(f'error: {e}')
       status = 2
   return status
 

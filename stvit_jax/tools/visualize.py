@@ -304,7 +304,7 @@ def _main_video(args, model, size):
     clip = load_clip(args.video, size, args.num_frames)
     maps, patch = semantic_maps(model, normalise(clip)[None], layer=args.layer, unit=args.unit)
   except ValueError as err:
-    print(f'error: {err}', file=sys.stderr)
+    cli.error_line(f'error: {err}')
     return 2
   assignments = hard_assignment(maps)  # (D, gh, gw)
   step = args.num_frames // len(assignments)  # frames per temporal token (patch time 2)

@@ -238,7 +238,7 @@ def main(argv=None):
             workers=args.workers, splits=splits, videos_per_shard=args.videos_per_shard,
             progress_every_s=args.progress_every_s)
   except (LayoutError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    cli.error_line(f'error: {e}')
     return 2
   except KeyboardInterrupt:
     print('\ninterrupted: finished shards are kept; rerun the same command to resume',
