@@ -18,14 +18,26 @@ from stvit_jax.data import preprocess
 H, W = 24, 40  # not square: a box that fits one side may not fit the other
 
 
-def test_normalize_matches_the_host_pipeline():
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision / timm IMAGENET_DEFAULT_MEAN, in [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def test_normalize_gives_the_known_imagenet_values():
+  """Pixel p of channel c -> (p / 255 - mean_c) / std_c with the published constants,
+  written here as numbers (pixel 0 -> -0.485 / 0.229 = -2.1179 in red), on the device
+  and on the host; the defaults' constants are not reused to make the expectation."""
   cfg = defaults.data_config()
   x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+  expected = ((np.arange(256, dtype=np.float64)[:, None] / 255 - np.array(IMAGENET_MEAN))
+              / np.array(IMAGENET_STD)).reshape(1, 16, 16, 3)
+  np.testing.assert_allclose(expected[0, 0, 0], [-2.117904, -2.035714, -1.804444], atol=1e-6)
+  np.testing.assert_allclose(expected[0, -1, -1], [2.248908, 2.428571, 2.64], atol=1e-6)
   host = preprocess._normalize(tf.constant(x, tf.float32), cfg).numpy()
   device = np.asarray(jax.jit(device_augment.normalize, static_argnums=(1, 2))(
       x, cfg.mean, cfg.std))
   assert device.dtype == np.float32
-  np.testing.assert_allclose(device, host, rtol=0, atol=1e-6)
+  np.testing.assert_allclose(device, expected, rtol=0, atol=2e-6)
+  np.testing.assert_allclose(host, expected, rtol=0, atol=2e-6)
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'scripts'))
@@ -56,8 +68,14 @@ def test_random_erasing_has_timms_distribution():
     assert result.pvalue > 1e-3, (name, result, a[:, col].mean(), b[:, col].mean())
   area = stats.ks_2samp(a[:, 1] * a[:, 2], b[:, 1] * b[:, 2])
   assert area.pvalue > 1e-3, area
-  assert a[:, 3].min() == 0 and (a[:, 3] + a[:, 1]).max() <= H   # boxes stay inside
-  assert a[:, 4].min() == 0 and (a[:, 4] + a[:, 2]).max() <= W
+  # Whole boxes at uniform positions, as timm's randint(0, H - h): a box of height h
+  # touches the bottom edge with probability 1 / (H - h + 1). A box drawn anywhere and
+  # clipped by the border would touch it far more often (and be smaller).
+  for size_col, pos_col, side in ((1, 3, H), (2, 4, W)):
+    p_edge = 1.0 / (side - a[:, size_col] + 1)
+    touching = (a[:, pos_col] + a[:, size_col] == side).sum()
+    assert abs(touching - p_edge.sum()) < 4 * np.sqrt((p_edge * (1 - p_edge)).sum()) + 1, (
+        side, touching, p_edge.sum())
   # pixel mode: independent N(0, 1) per pixel and channel inside the box
   values = ours_x[ours_x != 0]
   assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
