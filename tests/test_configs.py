@@ -6,7 +6,6 @@ import sys
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -123,7 +122,14 @@ def test_decay_mask(name, kw):
     if leaf == 'kernel':
       assert decays, key
   assert any('global_init' in k for k in no_decay) or name.startswith('deit')
-  # optax accepts the mask on an nnx.State
-  tx = optim.make(load('deit_s'), 1e-3)
-  tx.init(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), params))
-  assert isinstance(tx, optax.GradientTransformation)
+  # The optimizer applies the mask on an nnx.State: with zero gradients AdamW's update is
+  # the decoupled decay alone, -lr * wd * p on decayed leaves and exactly 0 elsewhere.
+  config = load('deit_s')
+  tx = optim.make(config, 1e-3)
+  ones = jax.tree.map(lambda x: np.ones(x.shape, np.float32), params)
+  updates, _ = tx.update(jax.tree.map(np.zeros_like, ones), tx.init(ones), ones)
+  expected = -1e-3 * config.optim.weight_decay
+  assert config.optim.weight_decay > 0
+  for (path, u), m in zip(jax.tree_util.tree_leaves_with_path(updates),
+                          jax.tree_util.tree_leaves(mask)):
+    np.testing.assert_allclose(np.asarray(u), expected if m else 0.0, rtol=1e-6, err_msg=str(path))
