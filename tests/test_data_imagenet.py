@@ -64,6 +64,9 @@ def test_uint8_batches_normalised_on_device_equal_the_host_path(mock_imagenet, c
   np.testing.assert_array_equal(pixels['label'], floats['label'])
   on_device = device_augment.eval_images(jax.numpy.asarray(pixels['image']), cfg)
   np.testing.assert_allclose(on_device, floats['image'], rtol=0, atol=1e-5)
+  # and both are the published ImageNet normalisation (constants written as numbers here)
+  known = (pixels['image'] / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  np.testing.assert_allclose(floats['image'], known, rtol=0, atol=1e-5)
 
 
 def test_resume_gives_bitwise_identical_batches(mock_imagenet, cfg):
@@ -109,10 +112,37 @@ def test_eval_counts_every_example_once(mock_imagenet, cfg, process_count, globa
   assert sorted(labels) == list(range(NUM['validation']))
 
 
-def test_eval_is_deterministic_centre_crop(mock_imagenet, cfg):
-  a = next(pipeline.eval_iterator(cfg, global_batch_size=4))
-  b = next(pipeline.eval_iterator(cfg, global_batch_size=4))
-  np.testing.assert_array_equal(a['image'], b['image'])
+# The first validation images of the mock, and the centre square that Resize(floor(64 /
+# 0.875) = 73) + CenterCrop(64) keeps of each, worked out by hand: side = round(short *
+# 64 / 73), offsets floor((long - side) / 2). E.g. 25x32: 25 * 64 / 73 = 21.92 -> 22,
+# top (25 - 22) // 2 = 1, left (32 - 22) // 2 = 5.
+EVAL_WINDOWS = {0: ((25, 32), (1, 5, 22)), 1: ((22, 42), (1, 11, 19)),
+                2: ((41, 43), (2, 3, 36)), 3: ((18, 41), (1, 12, 16))}
+
+
+def test_eval_is_the_centre_crop_worked_out_by_hand(mock_imagenet, cfg):
+  import tensorflow as tf
+  import tensorflow_datasets as tfds
+  batch = next(pipeline.eval_iterator(cfg, global_batch_size=4))
+  raw = tfds.builder('imagenet2012', data_dir=mock_imagenet).as_dataset(
+      split='validation', decoders={'image': tfds.decode.SkipDecoding()})
+  for example in raw.take(4):
+    i = int(example['label'])
+    (h, w), (top, left, side) = EVAL_WINDOWS[i]
+    full = tf.io.decode_jpeg(example['image'], channels=3)
+    assert tuple(full.shape[:2]) == (h, w)
+    window = full[top:top + side, left:left + side]
+    expected = tf.image.resize(tf.cast(window, tf.float32), [SIZE, SIZE], 'bicubic',
+                               antialias=True)
+    expected = np.clip(np.round(expected.numpy()), 0, 255)
+    (row,) = np.flatnonzero(batch['label'] == i)
+    got = batch['image'][row].astype(np.float64)
+    # decode_and_crop_jpeg vs a full decode then a slice: the same pixels to JPEG rounding
+    assert np.abs(got - expected).mean() < 1.0, (i, np.abs(got - expected).mean())
+    # a window one pixel off is much further away than that
+    shifted = full[top + 1:top + 1 + side, left + 1:left + 1 + side]
+    off = tf.image.resize(tf.cast(shifted, tf.float32), [SIZE, SIZE], 'bicubic', antialias=True)
+    assert np.abs(got - np.clip(np.round(off.numpy()), 0, 255)).mean() > 3 * np.abs(got - expected).mean() + 1
 
 
 def test_bad_config_fields_are_named(mock_imagenet, cfg):
