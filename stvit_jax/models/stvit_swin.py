@@ -90,6 +90,13 @@ class WindowSemanticInit(nnx.Module):
   centres P = adaptive max pool of the window to t x t (raw, un-normalised);
   S = gamma1 * Attn(LN1(P), LN1([P, R])) with R the window's 10x10 key patch
   (+ P only when `residual`); S = S + DropPath(gamma2 * MLP(LN2(S))).
+
+  Without the residual (the official block), S is only the attention output, and at
+  initialisation attention is uniform (random q.k near 0): every centre of a window
+  gets the same mean of the window's values, so the t x t tokens of a window start
+  identical and the semantic path carries one vector per window. Pretrained weights
+  have learnt to break that; from scratch it can stall training (the video
+  quickstart, docs/video.md). `residual=True` keeps the pooled centres distinct.
   """
 
   def __init__(self, dim, num_heads, grid, *, window, tokens_per_window, mlp_ratio,
@@ -131,14 +138,15 @@ class SemanticStage(nnx.Module):
   """Stage 3 of STViT-R (`recovery=True`) or STViT-Swin (`recovery=False`).
 
   Without recovery, the first `stgm_after` blocks are Swin blocks (1 in the
-  image model). The video model (stvit_video_swin.py) reuses this stage with
+  image model). `stgm_residual` adds the pooled centres back to STGM layer 1's
+  attention output (not in the official code; see WindowSemanticInit). The video model (stvit_video_swin.py) reuses this stage with
   time folded into the batch, through the `make_swin_block`, `swin_step` and
   `semantic_step` hooks.
   """
 
   def __init__(self, dim, depth, num_heads, grid, *, window, drop_paths, downsample,
                mlp_ratio=4.0, tokens_per_window=9, recovery=True, layer_scale_init=1e-5,
-               use_global_init=False, stgm_after=1, dtype, rngs):
+               use_global_init=False, stgm_after=1, stgm_residual=False, dtype, rngs):
     layers.check_choice('tokens_per_window', tokens_per_window, (9, 16))
     t = {9: 3, 16: 4}[tokens_per_window]
     if recovery and depth % UNIT:
@@ -175,7 +183,7 @@ class SemanticStage(nnx.Module):
         blocks.append(WindowSemanticInit(
             dim, num_heads, grid, window=window, tokens_per_window=t,
             mlp_ratio=mlp_ratio, drop_path=drop_paths[i], layer_scale_init=layer_scale_init,
-            dtype=dtype, rngs=rngs))
+            residual=stgm_residual, dtype=dtype, rngs=rngs))
       else:
         local = t if role == 'local' else None
         blocks.append(layers.SBlock(dim, num_heads, drop_path=drop_paths[i],

@@ -11,6 +11,9 @@ Video Swin T / S. Here stage 3 is the image STViT-Swin stage
                      'clip': across all D frames' semantic tokens
   recovery           STViT-R dumbbell units (3D Swin block, STGM, local, global,
                      recovery to the 14x14 map); stage 4 then sees all tokens
+  stgm_residual      STGM layer 1 adds its pooled centres back (not in the
+                     official block; for training from scratch, see
+                     stvit_swin.WindowSemanticInit)
 
 Swin blocks inside stage 3 stay 3D (window (8, 7, 7), shifts as in Video
 Swin) so that these layers keep their Video Swin weights; without recovery
@@ -70,24 +73,27 @@ class STViTVideoSwin(video_swin.VideoSwinTransformer):
   """Video Swin with STViT stage 3 per frame (defaults: no recovery, 16 tokens)."""
 
   def __init__(self, *, recovery=False, tokens_per_window=None, stgm_after=None,
-               semantic_scope='frame', layer_scale_init=1e-5, **kwargs):
+               semantic_scope='frame', layer_scale_init=1e-5, stgm_residual=False,
+               **kwargs):
     if tokens_per_window is None:
       tokens_per_window = 9 if recovery else 16
     if stgm_after is None:
       stgm_after = 1
     super().__init__(recovery=recovery, tokens_per_window=tokens_per_window,
                      stgm_after=stgm_after, semantic_scope=semantic_scope,
-                     layer_scale_init=layer_scale_init, **kwargs)
+                     layer_scale_init=layer_scale_init, stgm_residual=stgm_residual,
+                     **kwargs)
 
   def make_stage(self, index, dim, depth, num_heads, *, recovery, tokens_per_window,
-                 stgm_after, semantic_scope, layer_scale_init, **kwargs):
+                 stgm_after, semantic_scope, layer_scale_init, stgm_residual, **kwargs):
     if index != 2:
       return video_swin.VideoSwinStage(dim, depth, num_heads, **kwargs)
     side = self.img_size // (self.patch_size[1] * 4)  # stage-3 grid: patch, then 2 merges
     return VideoSemanticStage(dim, depth, num_heads, (side, side), recovery=recovery,
                               tokens_per_window=tokens_per_window, stgm_after=stgm_after,
                               semantic_scope=semantic_scope,
-                              layer_scale_init=layer_scale_init, **kwargs)
+                              layer_scale_init=layer_scale_init,
+                              stgm_residual=stgm_residual, **kwargs)
 
   def check_input(self, clips):
     super().check_input(clips)
