@@ -20,7 +20,7 @@ import jax
 
 from stvit_jax import cli
 from stvit_jax import configs
-from stvit_jax.runtime import distributed
+from stvit_jax.runtime import compile_cache, distributed
 from stvit_jax.train import loop
 
 FLAGS = flags.FLAGS
@@ -64,12 +64,16 @@ def main(argv):
     raise cli.UserError(f'unexpected arguments {argv[1:]}: every option is a --flag '
                         '(--config.a.b=v for config fields)')
   logging.get_absl_handler().addFilter(QuietOrbax(cli.verbose()))
+  cache = compile_cache.enable(FLAGS.config.get('compilation_cache_dir'),
+                               FLAGS.config.get('compilation_cache_min_compile_secs',
+                                                compile_cache.DEFAULT_MIN_COMPILE_SECS))
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   # Keep TensorFlow (the input pipeline) off the accelerators JAX uses.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
 
   print(f'JAX {jax.__version__}: {distributed.layout(FLAGS.config)}', flush=True)
+  logging.info('XLA compilation cache: %s', cache or 'off (config.compilation_cache_dir=\'\')')
   # The full config goes to WORKDIR/config.json once it is validated (train.py).
   logging.debug('config:\n%s', FLAGS.config)
   if FLAGS.config.get('mode', 'train') != 'train':

@@ -16,10 +16,13 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
 # small compiles (measured: a tiny STViT-DeiT built and compiled in a fresh process,
 # 44 s without the cache, 9 s with it).
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-if 'jax' in sys.modules:  # imported by a pytest plugin before this file: tell it directly
-  sys.modules['jax'].config.update('jax_compilation_cache_dir',
-                                   os.environ['JAX_COMPILATION_CACHE_DIR'])
-  sys.modules['jax'].config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+# This process (and JAX, if a pytest plugin imported it before this file) through the
+# library's own setting, which the trainer and the tools use (the variables above reach
+# the processes the tests start).
+from stvit_jax.runtime import compile_cache  # noqa: E402
+
+compile_cache.enable(os.environ['JAX_COMPILATION_CACHE_DIR'],
+                     float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 
 import subprocess  # noqa: E402
 

@@ -283,11 +283,12 @@ def environment():
 
 
 def without_compilation_cache():
-  """The environment for a process under a file-size limit: without the suite's shared
-  XLA cache, whose entries it would write truncated (the cache's writes fail like any
-  other). JAX then warns, on reading such an entry, "Error reading persistent
-  compilation cache entry ...: error: Error -5 while decompressing data" (zlib's
-  exception is named `error`): an `error:` line that is not ours."""
+  """The environment for a process under a file-size limit, which also runs with
+  --config.compilation_cache_dir= (off): no XLA cache, whose entries it would write
+  truncated (the cache's writes fail like any other). JAX then warns, on reading such
+  an entry, "Error reading persistent compilation cache entry ...: error: Error -5
+  while decompressing data" (zlib's exception is named `error`): an `error:` line that
+  is not ours."""
   env = environment()
   env.pop('JAX_COMPILATION_CACHE_DIR', None)
   return env
@@ -315,7 +316,8 @@ def test_disk_full_is_reported_at_once_in_one_message(finished, data_dir, tmp_pa
   workdir = tmp_path / 'run'
   proc = subprocess.run(command(workdir, data_dir, '--config.total_steps=40',
                                 '--config.checkpoint_every_steps=10',
-                                '--config.log_every_steps=1'),
+                                '--config.log_every_steps=1',
+                                '--config.compilation_cache_dir='),
                         cwd=ROOT, env=without_compilation_cache(), capture_output=True,
                         text=True, preexec_fn=_limit_file_size, timeout=600)
   assert proc.returncode == cli.USAGE, proc.stderr[-3000:]

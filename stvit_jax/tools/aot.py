@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from stvit_jax import cli, configs
-from stvit_jax.runtime import sharding
+from stvit_jax.runtime import compile_cache, sharding
 from stvit_jax.data import pipeline
 from stvit_jax.train import functional, trainer
 
@@ -267,6 +267,9 @@ def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments {argv[1:]}: every option is a --flag')
   use_cpu_host()  # before anything initialises a backend
+  compile_cache.enable(FLAGS.config.get('compilation_cache_dir'),
+                       FLAGS.config.get('compilation_cache_min_compile_secs',
+                                        compile_cache.DEFAULT_MIN_COMPILE_SECS))
   try:
     topology = parse_topology(FLAGS.topology)
     require_libtpu()

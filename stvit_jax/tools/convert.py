@@ -30,6 +30,7 @@ import sys
 from etils import epath
 
 from stvit_jax import cli, models, paths
+from stvit_jax.runtime import compile_cache
 from stvit_jax.weights import convert
 from stvit_jax.weights.torch_files import FORMATS, WRAPPERS
 
@@ -52,7 +53,9 @@ def main(argv=None):
                       f'first of {", ".join(WRAPPERS)} present)')
   parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
                       type=cli.key_value, help='other model constructor arguments')
+  compile_cache.add_flag(parser)
   args = parser.parse_args(argv)
+  compile_cache.enable(args.compilation_cache_dir)
   if args.model not in models.names():
     parser.error(f'--model {args.model!r} is not valid; choose one of {", ".join(models.names())}')
   video = convert.family_of(args.model).input_kind == 'video'

@@ -14,6 +14,7 @@ import logging
 import sys
 
 from stvit_jax import cli, models
+from stvit_jax.runtime import compile_cache
 from stvit_jax.weights import catalogue, hub
 
 
@@ -39,7 +40,9 @@ def main(argv=None):
                       help='fetch and convert these models\' weights into the cache now')
   parser.add_argument('--source', help='with one --download model: this address instead of '
                       'the catalogue entry (hf://... or https://...)')
+  compile_cache.add_flag(parser)
   args = parser.parse_args(argv)
+  compile_cache.enable(args.compilation_cache_dir)
   logging.basicConfig(level=logging.WARNING, format='%(message)s')
   if args.source and len(args.download) != 1:
     parser.error('--source needs exactly one --download MODEL')

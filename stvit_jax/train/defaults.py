@@ -92,6 +92,12 @@ def base(model_name, *, dataset, num_classes, img_size, **model_overrides):
   # model, optimizer, schedule: stvit_jax/train/runconfig.py) unless its fields are listed
   # here, comma separated ('batch_size,seed'), or 'all'.
   config.resume_allow_changes = ''
+  # XLA's persistent compilation cache (stvit_jax/runtime/compile_cache.py): None is
+  # $JAX_COMPILATION_CACHE_DIR or ~/.cache/stvit_jax/xla, '' off, else a folder or gs://
+  # path shared by all processes; executables that took at least the floor's seconds to
+  # compile are kept (0: all, the model's many small initialisation compiles included).
+  config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
+  config.compilation_cache_min_compile_secs = 0.0
 
   # Mesh ('data', 'fsdp'); -1 takes the remaining devices. Parameters are placed by
   # the first matching (regex, rule) on their path; rule 'fsdp' shards the largest

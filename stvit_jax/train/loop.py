@@ -16,7 +16,7 @@ from absl import logging
 
 from stvit_jax import paths
 from stvit_jax.data import inputs, pipeline
-from stvit_jax.runtime import sharding
+from stvit_jax.runtime import compile_cache, sharding
 from stvit_jax.train import checkpoint, evaluate, health, init_from, runconfig
 from stvit_jax.train.functional import input_kind
 from stvit_jax.train.metric_writer import MetricWriter
@@ -31,6 +31,7 @@ def train_and_evaluate(config, workdir):
   writing anything.
   """
   workdir = paths.absolute(workdir)
+  t_build = time.perf_counter()
   mesh = sharding.make_mesh(config)
   data = inputs.for_kind(input_kind(config))
   info = data.dataset_info(config.data)
@@ -67,6 +68,7 @@ def train_and_evaluate(config, workdir):
     else:
       logging.info('resuming from %s at step %d', ckpt.directory, int(state['step']))
   start = int(jax.device_get(state['step']))
+  timings = {'build_s': time.perf_counter() - t_build}  # model, steps, state: fresh or restored
   if jax.process_index() == 0:
     paths_json = os.path.join(workdir, 'config.json')
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -82,8 +84,14 @@ def train_and_evaluate(config, workdir):
       if params in state:
         variables = {'params': state[params], 'batch_stats': state['batch_stats']}
         batches = data.eval_iterator(config.data, global_batch_size=config.eval_batch_size)
-        results[name] = evaluate.evaluate(eval_step, variables, batches, mesh,
-                                          expected_count=info.num_eval)
+        t_eval = time.perf_counter()
+        with compile_cache.Counts() as counts:
+          results[name] = evaluate.evaluate(eval_step, variables, batches, mesh,
+                                            expected_count=info.num_eval)
+        if 'eval_s' not in timings:  # the first evaluation compiles (or loads) its step
+          timings['eval_s'] = time.perf_counter() - t_eval
+          logging.info('first evaluation: %.1f s, its step %s', timings['eval_s'],
+                       counts.describe())
         writer.write(step, name, results[name])
         logging.info('%s step %d: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d examples)', name,
                      step, 100 * results[name]['top1'], 100 * results[name]['top5'],
@@ -103,7 +111,8 @@ def train_and_evaluate(config, workdir):
   step = start
   try:
     while step < steps.total:
-      state, metrics = train_step(state, sharding.to_global(next(batches), mesh))
+      with compile_cache.Counts() as counts:
+        state, metrics = train_step(state, sharding.to_global(next(batches), mesh))
       step += 1
       tracker.update(metrics)  # on device: no wait for the step
       pending.append(metrics)
@@ -111,6 +120,11 @@ def train_and_evaluate(config, workdir):
         jax.block_until_ready(metrics)
         t_first = t_last = time.perf_counter()
         step_last = step
+        timings['first_step_s'] = t_first - t_start
+        timings['to_first_step_s'] = seconds_since_process_start()
+        logging.info('first train step: %.1f s, its program %s; %.1f s since the process '
+                     'started (model and state %.1f s)', timings['first_step_s'],
+                     counts.describe(), timings['to_first_step_s'], timings['build_s'])
       if step % steps.log_every == 0 or step == steps.total:
         fetched = jax.device_get(pending)
         pending = []
@@ -152,6 +166,7 @@ def train_and_evaluate(config, workdir):
       'final_step': step, 'total_steps': steps.total, 'stopped_early': stopped,
       'wall_time_s': t_end - t_start,
       'images_per_sec': timed * config.batch_size / max(t_end - (t_first or t_end), 1e-9),
+      **timings,
       **{f'{name}_{k}': v for name, r in evals.items() for k, v in r.items()},
   }
   if tracker.max_skips:
@@ -171,6 +186,18 @@ def train_and_evaluate(config, workdir):
   logging.info('done: %s', json.dumps(summary))
   summary['state'] = state
   return summary
+
+
+def seconds_since_process_start():
+  """Wall seconds since this process started (Linux: /proc/self's creation time), the
+  time a user waits for the first step; since this module's import elsewhere."""
+  try:
+    return time.time() - os.stat('/proc/self').st_ctime
+  except OSError:
+    return time.time() - _IMPORTED
+
+
+_IMPORTED = time.time()
 
 
 def _hms(seconds):

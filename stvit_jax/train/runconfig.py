@@ -19,7 +19,8 @@ HARMLESS = (
     'log_every_steps', 'eval_every_epochs', 'eval_every_steps', 'eval_batch_size',
     'checkpoint_every_epochs', 'checkpoint_every_steps', 'checkpoint.', 'init_from',
     'resume_allow_changes', 'data.data_dir', 'data.eval_split', 'data.crop_pct',
-    'data.cache', 'data.prefetch', 'mesh.', 'sharding_rules',
+    'data.cache', 'data.prefetch', 'mesh.', 'sharding_rules', 'compilation_cache_dir',
+    'compilation_cache_min_compile_secs',
 )
 
 
