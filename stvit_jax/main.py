@@ -11,7 +11,6 @@ workdir's latest checkpoint. Several cooperating processes (stvit_jax/runtime/di
 (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); on multi-host TPU
 pods STVIT_JAX_INIT=1 (the launch/ scripts set it) detects them.
 """
-import logging as std_logging
 import sys
 
 from absl import flags
@@ -20,7 +19,7 @@ import jax
 
 from stvit_jax import cli
 from stvit_jax import configs
-from stvit_jax.runtime import compile_cache, distributed
+from stvit_jax.runtime import compile_cache, distributed, quiet_logs
 from stvit_jax.train import loop
 
 FLAGS = flags.FLAGS
@@ -38,32 +37,11 @@ flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes) (d
 parse_flags = cli.flags_parser('config', 'workdir', config_dir=configs.DIRECTORY)
 
 
-class QuietOrbax(std_logging.Filter):
-  """Keeps orbax's log readable: its INFO records (about a hundred lines per
-  checkpoint save) are dropped, and its errors -- with asyncio's about orbax's
-  tasks -- keep their first line but not their tracebacks (a failed save logs a
-  dozen), unless --verbose: the failure itself ends the run in one `error:` line."""
-
-  def __init__(self, verbose):
-    super().__init__()
-    self.verbose = verbose
-
-  def filter(self, record):
-    if '/orbax/' not in record.pathname and record.name != 'asyncio':
-      return True
-    if record.levelno <= std_logging.INFO:
-      return record.name == 'asyncio'
-    if not self.verbose:
-      record.msg, record.args = (record.getMessage().splitlines() or [''])[0], ()
-      record.exc_info = record.exc_text = record.stack_info = None
-    return True
-
-
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments {argv[1:]}: every option is a --flag '
                         '(--config.a.b=v for config fields)')
-  logging.get_absl_handler().addFilter(QuietOrbax(cli.verbose()))
+  logging.get_absl_handler().addFilter(quiet_logs.QuietLibraries(cli.verbose()))
   cache = compile_cache.enable(FLAGS.config.get('compilation_cache_dir'),
                                FLAGS.config.get('compilation_cache_min_compile_secs',
                                                 compile_cache.DEFAULT_MIN_COMPILE_SECS))
