@@ -96,9 +96,13 @@ def preprocess_clip(path, model, clips, crops):
                                                           clips, crops))
 
 
-def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
+def predict(model, files, top=5, batch_size=8, clips=4, crops=3, failures=None):
   """[(file, [(probability, class index), ...top]), ...] for `files` (images, or clips
-  for a video model: the probabilities averaged over clips x crops views)."""
+  for a video model: the probabilities averaged over clips x crops views).
+
+  A file that cannot be read raises files_lib.FileError; with a list `failures`, it is
+  appended there as (file, message) instead, and the other files are still predicted.
+  """
   import jax
   from flax import nnx
   from stvit_jax.runtime import xla_cpu
@@ -110,17 +114,28 @@ def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
     logits = nnx.merge(graphdef, state)(images, train=False)[0]
     return jax.nn.softmax(logits.astype('float32'), axis=-1)
 
+  def readable(paths, read):
+    """(path, array) of the files `read` can read; the others go to `failures`."""
+    for f in paths:
+      try:
+        yield f, read(f)
+      except files_lib.FileError as e:
+        if failures is None:
+          raise
+        failures.append((f, str(e)))
+
   results = []
   if models.registry.input_kind(model) == 'video':  # the family record says
-    for f in files:
-      p = np.asarray(probabilities(state, preprocess_clip(f, model, clips, crops))).mean(0)
+    for f, views in readable(files, lambda f: preprocess_clip(f, model, clips, crops)):
+      p = np.asarray(probabilities(state, views)).mean(0)
       best = np.argsort(-p)[:top]
       results.append((f, [(float(p[i]), int(i)) for i in best]))
     return results
-  for start in range(0, len(files), batch_size):
-    chunk = files[start:start + batch_size]
-    images = np.stack([preprocess(f, model.img_size) for f in chunk])
-    if len(chunk) < batch_size and len(files) > batch_size:  # one compiled shape
+  read = list(readable(files, lambda f: preprocess(f, model.img_size)))
+  for start in range(0, len(read), batch_size):
+    chunk = [f for f, _ in read[start:start + batch_size]]
+    images = np.stack([x for _, x in read[start:start + batch_size]])
+    if len(chunk) < batch_size and len(read) > batch_size:  # one compiled shape
       images = np.concatenate([images, np.zeros((batch_size - len(chunk),) + images.shape[1:],
                                                 images.dtype)])
     probs = np.asarray(probabilities(state, images))[:len(chunk)]
@@ -163,14 +178,22 @@ def main(argv=None):
                        'https://... or an existing converted directory')
     model = factory.create(args.model, pretrained=args.init_from, **dict(args.overrides))
     names = class_names(model.head.out_features, args.classes)
+    failures = []  # an unreadable file is reported and skipped: the others are predicted
     for path, best in predict(model, files, min(args.top, len(names)), args.batch_size,
-                              args.clips, args.crops):
+                              args.clips, args.crops, failures=failures):
       print(path)
       for p, i in best:
         print(f'  {100 * p:6.2f}%  {names[i]}')
   except ValueError as e:  # UsageError, PretrainedError, a model option that does not exist
     cli.error_line(f'error: {e}')
     return 2
+  sys.stdout.flush()  # the predictions first, then what could not be read
+  for _, message in failures:
+    cli.error_line(f'error: {message}')
+  if failures:
+    cli.error_line(f'error: {len(failures)} of {len(files)} files could not be read '
+                   f'(listed above); {len(files) - len(failures)} predicted')
+    return cli.USAGE
   return 0
 
 

@@ -283,6 +283,10 @@ def main(argv=None):
     return _main_video(args, model, size)
   try:
     image = load_image(args.image, size)
+  except files.FileError as err:  # the input, not the usage: no '(see --help)'
+    cli.error_line(f'error: --image {err}')
+    return cli.USAGE
+  try:
     maps, patch = semantic_maps(model, normalise(image)[None], layer=args.layer,
                                  unit=args.unit)
   except ValueError as err:
@@ -301,7 +305,7 @@ def main(argv=None):
 
 def _main_video(args, model, size):
   try:
-    clip = load_clip(args.video, size, args.num_frames)
+    clip = load_clip(args.video, size, args.num_frames)  # a FileError names the file
     maps, patch = semantic_maps(model, normalise(clip)[None], layer=args.layer, unit=args.unit)
   except ValueError as err:
     cli.error_line(f'error: {err}')
