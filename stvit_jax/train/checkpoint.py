@@ -280,17 +280,24 @@ def has_checkpoints(workdir):
   return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
 
 
-def _find_step_dir(directory):
-  """An earlier run's workdir, its checkpoints/ folder or one step folder -> step folder."""
+def _step_dirs(directory):
+  """An earlier run's workdir, its checkpoints/ folder or one step folder -> its step
+  folders, newest first (one step folder: just it)."""
   path = epath.Path(paths.absolute(directory))
   if (path / 'params').exists() and (path / 'meta').exists():
-    return path
+    return [path]
   for candidate in (path / 'checkpoints', path):
     if candidate.is_dir():
-      steps = sorted(int(p.name) for p in candidate.iterdir() if p.name.isdigit())
+      steps = sorted((int(p.name) for p in candidate.iterdir() if p.name.isdigit()),
+                     reverse=True)
       if steps:
-        return candidate / str(steps[-1])
-  return None
+        return [candidate / str(s) for s in steps]
+  return []
+
+
+def _find_step_dir(directory):
+  found = _step_dirs(directory)
+  return found[0] if found else None
 
 
 def is_run_checkpoint(directory):
@@ -309,14 +316,42 @@ def restore_on_host(path):
   return checkpointer.restore(path, target)
 
 
-def load_run_params(directory, params, batch_stats, current_meta):
-  """`init_from` an earlier run: its params and batch stats, laid out like ours.
+def read_run_weights(directory, *, ema=False):
+  """(step folder, its meta, {'params/...': array, 'batch_stats/...': array}) of the newest
+  step of a run that reads and is finite; `ema`: the EMA parameters (what its evaluation
+  measured as eval_ema) instead of the raw ones. A step that fails is skipped with a
+  one-line warning and left where it is (a reader does not move a run's files)."""
+  failures = []
+  for step_dir in _step_dirs(directory):
+    try:
+      with _quiet_orbax():
+        saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'meta')
+        weights = restore_on_host(step_dir / 'params')
+        if ema:
+          train = restore_on_host(step_dir / 'train')
+          if 'ema' not in train:
+            raise KeyError(f'no EMA parameters in step {step_dir.name} (config.ema_decay=0)')
+          weights = {'params': train['ema'], 'batch_stats': weights['batch_stats']}
+      if not all_finite(weights):
+        raise FloatingPointError('it holds non-finite values')
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append(f'step {step_dir.name}: {_cause(e)}')
+      logging.warning('checkpoint %s is unreadable (%s); trying the step before it', step_dir,
+                      _cause(e))
+      continue
+    return step_dir, saved, names.flatten(weights)
+  raise CheckpointError(f'no checkpoint in {directory} is readable' + (
+      ': ' + '; '.join(failures) if failures else ' (no step folders)'))
+
+
+def load_run_params(directory, params, batch_stats, current_meta, *, ema=False):
+  """`init_from` an earlier run: its params and batch stats, laid out like ours, from its
+  newest readable, finite step (`read_run_weights`; `ema`: its EMA parameters).
 
   The architecture must match. A head of another shape (other classes) is
   not loaded: `params` keeps its freshly initialised head.
   """
-  step_dir = _find_step_dir(directory)
-  saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'meta')
+  step_dir, saved, flat = read_run_weights(directory, ema=ema)
   theirs, mine = saved['param_shapes'], current_meta['param_shapes']
   new_head = {k for k in mine
               if k in theirs and names.head_is_replaced(k, theirs[k], mine[k])}
@@ -325,7 +360,6 @@ def load_run_params(directory, params, batch_stats, current_meta):
                    {'model': current_meta['model'],
                     'param_shapes': {k: v for k, v in mine.items() if k not in new_head}},
                    step_dir)
-  flat = names.flatten(restore_on_host(step_dir / 'params'))
 
   def fill(prefix, tree):
     def one(name, x):
@@ -336,5 +370,5 @@ def load_run_params(directory, params, batch_stats, current_meta):
 
   provenance = {'source': os.fspath(step_dir), 'model': saved['model'],
                 'step': saved['data_position']['next_step'],
-                'head_replaced': bool(new_head)}
+                'head_replaced': bool(new_head), 'ema': ema}
   return fill('params', params), fill('batch_stats', batch_stats), provenance
