@@ -385,3 +385,23 @@ def test_kill_during_a_save_resumes_from_a_complete_step(data_dir, tmp_path):
   assert summary['start_step'] in (10, 20) and summary['final_step'] == 30
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in rows] == list(range(1, 31))
+
+
+def test_corrupt_checkpoint_warning_is_short_and_verbose_has_the_rest(
+    finished, tmp_path, data_dir, caplog, monkeypatch):
+  workdir = copy_of(finished, tmp_path)
+  truncate_largest(os.path.join(workdir, 'checkpoints', '4'))
+  assert int(restore(workdir, data_dir)['step']) == 3
+  warning, = [r.getMessage() for r in caplog.records if 'unreadable' in r.getMessage()]
+  # what (step 4, an array that cannot be read), where it went, what happens next
+  assert re.search(r'checkpoint step 4 in \S+ is unreadable \(an array cannot be read'
+                   r'.*\); moved it to \S+checkpoints.corrupt/4-\d+, restoring step 3 instead$',
+                   warning), warning
+  assert 'TensorStore' not in warning and len(warning.replace(workdir, 'W')) < 200, warning
+  caplog.clear()
+  workdir = copy_of(finished, tmp_path / 'verbose')
+  truncate_largest(os.path.join(workdir, 'checkpoints', '4'))
+  monkeypatch.setenv('STVIT_JAX_VERBOSE', '1')
+  restore(workdir, data_dir)
+  full = [r.getMessage() for r in caplog.records if 'the full error' in r.getMessage()]
+  assert len(full) == 1 and 'TensorStore' in full[0], full

@@ -14,6 +14,8 @@ reads the one key that is not 'label' / 'mask'.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shlex
 from typing import Callable
 
 import numpy as np
@@ -53,6 +55,24 @@ def _missing_message(builder, cfg):
         'that data_dir (local or gs://).')
   return head + (f'Build it once with `tfds build {builder.name} --data_dir={root}`, '
                  'or set data.data_dir to where it is already prepared (local or gs://).')
+
+
+def prepare_command(cfg, builder):
+  """The shell command that prepares `cfg.name` in its data_dir again, replacing its files
+  (a damaged shard is not repaired in place: the whole version is rebuilt)."""
+  root = cfg.data_dir or tfds.core.constants.DATA_DIR
+  path = shlex.quote(os.fspath(builder.data_path))
+  builders = {digits.NAME: digits, moving_digits.NAME: moving_digits}
+  if cfg.name in builders:  # self-building: the next run prepares it again
+    module = builders[cfg.name].__name__
+    return (f'rm -r {path} && python -c "import {module} as m; '
+            f'm.prepared_builder({os.fspath(root)!r})"')
+  if cfg.name in kinetics.BUILDERS:
+    return (f'rm -r {path} && python -m stvit_jax.data.builders.kinetics --name {cfg.name} '
+            f'--manual_dir DIR --data_dir {shlex.quote(os.fspath(root))}')
+  manual = (' --manual_dir=/path/to/manual_dir'
+            if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) else '')
+  return f'tfds build {builder.name} --data_dir={shlex.quote(os.fspath(root))}{manual} --overwrite'
 
 
 KNOWN = {'image': f"use 'imagenet2012', '{digits.NAME}' or another TFDS image "

@@ -17,11 +17,13 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
-from stvit_jax.data import defaults, preprocess, video
+from stvit_jax.data import defaults, preprocess, read_errors, video
 from stvit_jax.data.builders import video_convert
 
 JPEG = b'\xff\xd8\xff'
+EOI = b'\xff\xd9'  # a JPEG's end-of-image marker
 TF_FORMATS = (JPEG, b'\x89PNG', b'BM', b'GIF8')  # what tf.io.decode_image reads
+READABLE = 'JPEG, PNG, BMP, GIF, WebP, TIFF, ...'
 
 
 class FileError(ValueError):
@@ -47,18 +49,30 @@ def read_image(path, cfg):
     raise FileError(f'{path}: no such file') from None
   except IsADirectoryError:
     raise FileError(f'{path}: is a directory, not an image file') from None
+  except OSError as e:  # permissions, I/O errors: the reason without the errno
+    raise FileError(f'{path}: cannot read it ({e.strerror or e})') from None
+  if not data:
+    raise FileError(f'{path}: empty file, not an image') from None
+  if data.startswith(JPEG) and EOI not in data:
+    # TensorFlow would fail too, after a C++ log line of its own ('Premature end of JPEG
+    # data'); the end-of-image marker occurs nowhere else (0xFF is byte-stuffed).
+    raise FileError(f'{path}: cannot decode it: truncated JPEG (the data ends before its '
+                    'end-of-image marker)')
   if not data.startswith(TF_FORMATS):  # re-encoded losslessly, as PNG
     try:
       with Image.open(io.BytesIO(data)) as img:
         buf = io.BytesIO()
         img.convert('RGB').save(buf, format='PNG')
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-      raise FileError(f'{path}: not an image Pillow can read ({e})') from None
+    except UnidentifiedImageError:  # its message is the repr of our BytesIO
+      raise FileError(f'{path}: not an image Pillow can read (no known format; readable: '
+                      f'{READABLE})') from None
+    except (OSError, SyntaxError, ValueError) as e:
+      raise FileError(f'{path}: cannot decode it ({e})') from None
     data = buf.getvalue()
   try:
     image = preprocess.eval_transform(cfg, data.startswith(JPEG))(tf.constant(data))
-  except tf.errors.InvalidArgumentError as e:
-    raise FileError(f'{path}: cannot decode it ({e.message.splitlines()[0]})') from None
+  except tf.errors.InvalidArgumentError as e:  # without TensorFlow's op and function names
+    raise FileError(f'{path}: cannot decode it ({read_errors.clean(e.message)})') from None
   return np.asarray(image)
 
 

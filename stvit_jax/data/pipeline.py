@@ -27,6 +27,7 @@ from stvit_jax.data import augment
 from stvit_jax.data import datasets
 from stvit_jax.data import device_augment
 from stvit_jax.data import preprocess
+from stvit_jax.data import read_errors
 from stvit_jax.data import service
 
 try:  # tf.data must not take accelerator memory from JAX
@@ -269,19 +270,21 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
   records = None
   if cfg.cache:  # fill the in-memory cache once; every epoch then shuffles from memory
     records = _read(builder, split, cfg).cache()
-    records.reduce(np.int64(0), lambda count, _: count + 1)
+    with read_errors.translated(cfg, builder, split):  # a damaged shard: named, exit 2
+      records.reduce(np.int64(0), lambda count, _: count + 1)
   epoch, start_batch = divmod(int(start_step), steps)
 
-  def batches():
+  def batches():  # a damaged shard or example stops the run naming it (read_errors)
     e, j = epoch, start_batch
     while True:
       ds = train_epoch(builder, cfg, split=split, epoch=e, seed=seed, batch=b, steps=steps,
                        start_batch=j, process_index=seed_index, records=records, keep=keep,
                        prep=prep)
       if cfg.get('service_address'):  # batches arrive interleaved across workers
-        yield from service.in_order(ds.as_numpy_iterator(), 0, steps - j)
+        yield from read_errors.named(service.in_order(ds.as_numpy_iterator(), 0, steps - j),
+                                     cfg, builder, split)
       else:
-        yield from ds.as_numpy_iterator()
+        yield from read_errors.named(ds.as_numpy_iterator(), cfg, builder, split)
       e, j = e + 1, 0
 
   return batches()
@@ -314,4 +317,4 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
   ds = ds.concatenate(pad.repeat(num_batches * b - counts[p]))
   ds = ds.batch(b, drop_remainder=True).prefetch(cfg.prefetch or tf.data.AUTOTUNE)
   ds = ds.with_options(_options(cfg))
-  return ds.as_numpy_iterator()
+  return read_errors.named(ds.as_numpy_iterator(), cfg, builder, shares[p])

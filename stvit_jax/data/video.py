@@ -20,7 +20,7 @@ import math
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from stvit_jax.data import datasets, pipeline, preprocess
+from stvit_jax.data import datasets, pipeline, preprocess, read_errors
 
 
 def check_config(cfg):
@@ -202,5 +202,6 @@ def eval_iterator(cfg, *, global_batch_size, process_index=None, process_count=N
                                       'mask': tf.constant(0.0)})
   ds = ds.concatenate(pad.repeat(num_batches * b - counts[p]))
   ds = ds.batch(b, drop_remainder=True).prefetch(cfg.prefetch)
-  return ds.with_options(pipeline._options(cfg)).as_numpy_iterator()  # pylint: disable=protected-access
+  ds = ds.with_options(pipeline._options(cfg))  # pylint: disable=protected-access
+  return read_errors.named(ds.as_numpy_iterator(), cfg, builder, shares[p])
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from stvit_jax import cli, models
 from stvit_jax.data import files as files_lib
+from stvit_jax.train import run_weights
 from stvit_jax.weights import factory, hub
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -96,9 +97,13 @@ def preprocess_clip(path, model, clips, crops):
                                                           clips, crops))
 
 
-def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
+def predict(model, files, top=5, batch_size=8, clips=4, crops=3, failures=None):
   """[(file, [(probability, class index), ...top]), ...] for `files` (images, or clips
-  for a video model: the probabilities averaged over clips x crops views)."""
+  for a video model: the probabilities averaged over clips x crops views).
+
+  A file that cannot be read raises files_lib.FileError; with a list `failures`, it is
+  appended there as (file, message) instead, and the other files are still predicted.
+  """
   import jax
   from flax import nnx
   from stvit_jax.runtime import xla_cpu
@@ -110,17 +115,28 @@ def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
     logits = nnx.merge(graphdef, state)(images, train=False)[0]
     return jax.nn.softmax(logits.astype('float32'), axis=-1)
 
+  def readable(paths, read):
+    """(path, array) of the files `read` can read; the others go to `failures`."""
+    for f in paths:
+      try:
+        yield f, read(f)
+      except files_lib.FileError as e:
+        if failures is None:
+          raise
+        failures.append((f, str(e)))
+
   results = []
   if models.registry.input_kind(model) == 'video':  # the family record says
-    for f in files:
-      p = np.asarray(probabilities(state, preprocess_clip(f, model, clips, crops))).mean(0)
+    for f, views in readable(files, lambda f: preprocess_clip(f, model, clips, crops)):
+      p = np.asarray(probabilities(state, views)).mean(0)
       best = np.argsort(-p)[:top]
       results.append((f, [(float(p[i]), int(i)) for i in best]))
     return results
-  for start in range(0, len(files), batch_size):
-    chunk = files[start:start + batch_size]
-    images = np.stack([preprocess(f, model.img_size) for f in chunk])
-    if len(chunk) < batch_size and len(files) > batch_size:  # one compiled shape
+  read = list(readable(files, lambda f: preprocess(f, model.img_size)))
+  for start in range(0, len(read), batch_size):
+    chunk = [f for f, _ in read[start:start + batch_size]]
+    images = np.stack([x for _, x in read[start:start + batch_size]])
+    if len(chunk) < batch_size and len(read) > batch_size:  # one compiled shape
       images = np.concatenate([images, np.zeros((batch_size - len(chunk),) + images.shape[1:],
                                                 images.dtype)])
     probs = np.asarray(probabilities(state, images))[:len(chunk)]
@@ -132,13 +148,17 @@ def predict(model, files, top=5, batch_size=8, clips=4, crops=3):
 
 def main(argv=None):
   parser = cli.ArgumentParser(prog='python -m stvit_jax.tools.predict', description=__doc__)
-  parser.add_argument('--model', required=True, help='registry name, e.g. stvit_r_swin_small')
+  parser.add_argument('--model', help='registry name, e.g. stvit_r_swin_small (optional with '
+                      'a run directory as --init_from: the run names it)')
   parser.add_argument('--image', required=True, nargs='+', metavar='PATH',
                       help='image files and/or folders of images')
   parser.add_argument('--top', type=int, default=5, help='classes shown per image (default 5)')
   parser.add_argument('--init_from', default='pretrained', help="weights: 'pretrained' (the "
-                      'catalogue entry), hf://owner/repo/file, https://... or a converted '
-                      'directory')
+                      'catalogue entry), hf://owner/repo/file, https://..., a converted '
+                      "directory or a training run's workdir (its newest readable checkpoint, "
+                      'EMA weights when the run evaluated them)')
+  parser.add_argument('--raw_weights', action='store_true', help='with a run directory: its '
+                      'trained parameters, not their EMA')
   parser.add_argument('--set', dest='overrides', action='append', default=[],
                       metavar='KEY=VALUE', type=cli.key_value,
                       help='model constructor arguments (e.g. a converted tiny width)')
@@ -148,6 +168,13 @@ def main(argv=None):
   parser.add_argument('--clips', type=int, default=4, help='video models: clips per file')
   parser.add_argument('--crops', type=int, default=3, help='video models: crops per clip')
   args = parser.parse_args(argv)
+  run = run_weights.is_run(args.init_from)
+  if run:  # the run names its model; --model / --set are checked against it below
+    args.model = args.model or run_weights.model_of(run_weights.read_config(args.init_from))[0]
+  elif args.model is None:
+    parser.error("--model is required unless --init_from is a training run's directory")
+  elif args.raw_weights:
+    parser.error("--raw_weights: only for a training run's directory as --init_from")
   if args.model not in models.names():
     parser.error(f'--model {args.model!r} is not valid; choose one of {", ".join(models.names())}')
   for flag in ('top', 'batch_size', 'clips', 'crops'):
@@ -160,17 +187,29 @@ def main(argv=None):
     files = image_files(args.image, VIDEO_EXTS if video else IMAGE_EXTS)  # before downloads
     if not hub.is_address(args.init_from) and not os.path.isdir(args.init_from):
       raise UsageError(f"--init_from {args.init_from!r}: not 'pretrained', hf://..., "
-                       'https://... or an existing converted directory')
-    model = factory.create(args.model, pretrained=args.init_from, **dict(args.overrides))
+                       "https://..., an existing converted directory or a run's workdir")
+    if run:
+      model, _ = run_weights.create(args.init_from, name=args.model,
+                                    overrides=dict(args.overrides), raw=args.raw_weights)
+    else:
+      model = factory.create(args.model, pretrained=args.init_from, **dict(args.overrides))
     names = class_names(model.head.out_features, args.classes)
+    failures = []  # an unreadable file is reported and skipped: the others are predicted
     for path, best in predict(model, files, min(args.top, len(names)), args.batch_size,
-                              args.clips, args.crops):
+                              args.clips, args.crops, failures=failures):
       print(path)
       for p, i in best:
         print(f'  {100 * p:6.2f}%  {names[i]}')
-  except ValueError as e:  # UsageError, PretrainedError, a model option that does not exist
-    cli.error_line(f'error: {e}')
+  except (ValueError, cli.UserError) as e:  # UsageError, PretrainedError, RunMismatch,
+    cli.error_line(f'error: {e}')          # CheckpointError, an option that does not exist
     return 2
+  sys.stdout.flush()  # the predictions first, then what could not be read
+  for _, message in failures:
+    cli.error_line(f'error: {message}')
+  if failures:
+    cli.error_line(f'error: {len(failures)} of {len(files)} files could not be read '
+                   f'(listed above); {len(files) - len(failures)} predicted')
+    return cli.USAGE
   return 0
 
 

@@ -32,7 +32,10 @@ from PIL import Image, ImageDraw
 
 from stvit_jax import cli, models
 from stvit_jax.data import files
+from stvit_jax.train import checkpoint, run_weights
 from stvit_jax.weights import factory
+
+DEFAULT_MODEL = 'stvit_deit_small'
 
 
 def load_image(path, size):
@@ -238,12 +241,18 @@ def render_strip(frames, assignments, patch, *, title='', panel=None):
   return sheet, overlays
 
 
-def build(name, init_from=None, seed=0, **overrides):
+def build(name, init_from=None, seed=0, raw_weights=False, **overrides):
   """Model `name` (an STViT: it has an STGM to draw), fresh with `seed` or with the weights
-  of `init_from` (a directory or address, as predict's); any head class count will do."""
-  if not models.family(name).stgm:
-    raise ValueError(f'--model={name!r} has no STGM to draw; choose a '
-                     f'{_with_stgm()} model, e.g. stvit_deit_small')
+  of `init_from` (a directory or address, as predict's); any head class count will do.
+  A training run's directory names its model (`name` is then checked against it) and
+  gives the weights its evaluation used (`raw_weights`: not the EMA)."""
+  if run_weights.is_run(init_from):
+    _check_stgm(name or run_weights.model_of(run_weights.read_config(init_from))[0])
+    return run_weights.create(init_from, name=name, overrides=overrides, raw=raw_weights)[0]
+  if raw_weights:
+    raise ValueError("--raw_weights: only for a training run's directory as --init_from")
+  name = name or DEFAULT_MODEL
+  _check_stgm(name)
   model = models.create(name, seed=seed, **overrides)
   if init_from:
     # The classifier head plays no part in the STGM maps: any class count will do.
@@ -251,16 +260,26 @@ def build(name, init_from=None, seed=0, **overrides):
   return model
 
 
+def _check_stgm(name):
+  if not models.family(name).stgm:
+    raise ValueError(f'--model={name!r} has no STGM to draw; choose a '
+                     f'{_with_stgm()} model, e.g. stvit_deit_small')
+
+
 def main(argv=None):
   parser = cli.ArgumentParser(prog='python -m stvit_jax.tools.visualize', description=__doc__)
-  parser.add_argument('--model', default='stvit_deit_small')
+  parser.add_argument('--model', help=f'default {DEFAULT_MODEL}, or the model of a run '
+                      'directory given as --init_from')
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--image', help='any image file Pillow can read')
   source.add_argument('--video', help='video models: a video file (PyAV) or animated GIF')
   parser.add_argument('--num_frames', type=int, default=16, help='frames of the clip (--video)')
   parser.add_argument('--gif', help='--video: also write the strip as an animated GIF here')
   parser.add_argument('--out', required=True, help='PNG to write')
-  parser.add_argument('--init_from', help='weights directory (python -m stvit_jax.tools.convert)')
+  parser.add_argument('--init_from', help='weights directory (python -m stvit_jax.tools.convert) '
+                      "or a training run's workdir (its model, its newest readable checkpoint)")
+  parser.add_argument('--raw_weights', action='store_true', help='with a run directory: its '
+                      'trained parameters, not their EMA')
   parser.add_argument('--layer', type=int, default=None,
                       help='STGM layer, 1-based (default: the last; Swin: 1 local, 2 global)')
   parser.add_argument('--unit', type=int, default=0, help='STViT-R dumbbell unit (0..2)')
@@ -271,7 +290,13 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     overrides = dict(args.set)
-    model = build(args.model, args.init_from, args.seed, **overrides)
+    if run_weights.is_run(args.init_from):  # the run names its model
+      args.model = args.model or run_weights.model_of(run_weights.read_config(args.init_from))[0]
+    args.model = args.model or DEFAULT_MODEL
+    model = build(args.model, args.init_from, args.seed, args.raw_weights, **overrides)
+  except (run_weights.RunMismatch, checkpoint.CheckpointError) as err:  # not a usage error
+    cli.error_line(f'error: {err}')
+    return cli.USAGE
   except ValueError as err:
     parser.error(str(err))
   size = getattr(model, 'img_size', 224)
@@ -283,6 +308,10 @@ def main(argv=None):
     return _main_video(args, model, size)
   try:
     image = load_image(args.image, size)
+  except files.FileError as err:  # the input, not the usage: no '(see --help)'
+    cli.error_line(f'error: --image {err}')
+    return cli.USAGE
+  try:
     maps, patch = semantic_maps(model, normalise(image)[None], layer=args.layer,
                                  unit=args.unit)
   except ValueError as err:
@@ -301,7 +330,7 @@ def main(argv=None):
 
 def _main_video(args, model, size):
   try:
-    clip = load_clip(args.video, size, args.num_frames)
+    clip = load_clip(args.video, size, args.num_frames)  # a FileError names the file
     maps, patch = semantic_maps(model, normalise(clip)[None], layer=args.layer, unit=args.unit)
   except ValueError as err:
     cli.error_line(f'error: {err}')

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging as std_logging
 import os
+import re
 import signal
 import threading
 import time
@@ -150,13 +151,15 @@ class Checkpointer:
     tried; a checkpoint of another model or config is an error, not corruption.
     """
     failures = []
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+      after = steps[i + 1] if i + 1 < len(steps) else None  # what is tried next
       try:
         with _quiet_orbax():
           saved = self.manager.restore(step, args=ocp.args.Composite(
               meta=ocp.args.JsonRestore())).meta
       except Exception as e:  # pylint: disable=broad-except
-        failures.append(self._set_aside(step, e))
+        failures.append(self._set_aside(step, e, after))
         continue
       check_same_model(saved, meta, self.directory)
       changed, refusal = runconfig.check_resume(saved.get('config'), meta.get('config'),
@@ -170,7 +173,7 @@ class Checkpointer:
         with _quiet_orbax():
           state = self._restore_state(step, abstract_state, saved)
       except Exception as e:  # pylint: disable=broad-except
-        failures.append(self._set_aside(step, e))
+        failures.append(self._set_aside(step, e, after))
         continue
       return state
     if failures:
@@ -193,8 +196,9 @@ class Checkpointer:
       raise FloatingPointError('it holds non-finite values')
     return state
 
-  def _set_aside(self, step, error):
-    """Moves unreadable step `step` to checkpoints.corrupt/ (never deletes it); warns once."""
+  def _set_aside(self, step, error, after=None):
+    """Moves unreadable step `step` to checkpoints.corrupt/ (never deletes it); warns in
+    one line (the full error too with --verbose); `after`: the step tried next."""
     source = self.directory / str(step)
     target = self.directory.parent / 'checkpoints.corrupt' / f'{step}-{int(time.time())}'
     if jax.process_count() > 1:
@@ -207,8 +211,11 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f'checkpoint_set_aside_{step}_done')
     self.manager.reload()
     cause = _cause(error)
-    logging.warning('checkpoint step %d in %s is unreadable (%s); moved it to %s and trying '
-                    'the previous step', step, source, cause, target)
+    then = f'restoring step {after} instead' if after is not None else 'no earlier step left'
+    logging.warning('checkpoint step %d in %s is unreadable (%s); moved it to %s, %s', step,
+                    self.directory, cause, target, then)
+    if cli.verbose():
+      logging.warning('checkpoint step %d, the full error: %r', step, error)
     return f'step {step}: {cause} (moved to {target})'
 
   def close(self, *, wait=True):
@@ -231,12 +238,25 @@ def all_finite(tree):
       lambda xs: jnp.all(jnp.stack([jnp.isfinite(x).all() for x in xs])))(leaves)))
 
 
+CAUSE_CHARS = 160  # a warning stays one readable line; --verbose has the whole text
+
+# Orbax reports an array it cannot read with the index and the whole TensorStore spec
+# (hundreds of characters, a bound method's repr among them): what matters is which.
+_UNREADABLE_ARRAY = re.compile(r'Encountered error while reading array index: .*', re.DOTALL)
+
+
 def _cause(error):
-  """An exception in one line: its type and the first line of its message."""
+  """An exception in one short line: its type and what the first line of its message
+  says, without TensorStore's dump of the array spec."""
   text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
   lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-  first = lines[0] if lines else ''
-  return f'{type(error).__name__}: {first[:300]}' if first else type(error).__name__
+  first = _UNREADABLE_ARRAY.sub('an array cannot be read: a data file is truncated or '
+                                'damaged', lines[0] if lines else '')
+  if len(first) > CAUSE_CHARS:
+    first = first[:CAUSE_CHARS - 3].rstrip() + '...'
+  if type(error) is Exception and first:  # orbax's bare Exception: the type says nothing
+    return first
+  return f'{type(error).__name__}: {first}' if first else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -260,17 +280,24 @@ def has_checkpoints(workdir):
   return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
 
 
-def _find_step_dir(directory):
-  """An earlier run's workdir, its checkpoints/ folder or one step folder -> step folder."""
+def _step_dirs(directory):
+  """An earlier run's workdir, its checkpoints/ folder or one step folder -> its step
+  folders, newest first (one step folder: just it)."""
   path = epath.Path(paths.absolute(directory))
   if (path / 'params').exists() and (path / 'meta').exists():
-    return path
+    return [path]
   for candidate in (path / 'checkpoints', path):
     if candidate.is_dir():
-      steps = sorted(int(p.name) for p in candidate.iterdir() if p.name.isdigit())
+      steps = sorted((int(p.name) for p in candidate.iterdir() if p.name.isdigit()),
+                     reverse=True)
       if steps:
-        return candidate / str(steps[-1])
-  return None
+        return [candidate / str(s) for s in steps]
+  return []
+
+
+def _find_step_dir(directory):
+  found = _step_dirs(directory)
+  return found[0] if found else None
 
 
 def is_run_checkpoint(directory):
@@ -289,14 +316,42 @@ def restore_on_host(path):
   return checkpointer.restore(path, target)
 
 
-def load_run_params(directory, params, batch_stats, current_meta):
-  """`init_from` an earlier run: its params and batch stats, laid out like ours.
+def read_run_weights(directory, *, ema=False):
+  """(step folder, its meta, {'params/...': array, 'batch_stats/...': array}) of the newest
+  step of a run that reads and is finite; `ema`: the EMA parameters (what its evaluation
+  measured as eval_ema) instead of the raw ones. A step that fails is skipped with a
+  one-line warning and left where it is (a reader does not move a run's files)."""
+  failures = []
+  for step_dir in _step_dirs(directory):
+    try:
+      with _quiet_orbax():
+        saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'meta')
+        weights = restore_on_host(step_dir / 'params')
+        if ema:
+          train = restore_on_host(step_dir / 'train')
+          if 'ema' not in train:
+            raise KeyError(f'no EMA parameters in step {step_dir.name} (config.ema_decay=0)')
+          weights = {'params': train['ema'], 'batch_stats': weights['batch_stats']}
+      if not all_finite(weights):
+        raise FloatingPointError('it holds non-finite values')
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append(f'step {step_dir.name}: {_cause(e)}')
+      logging.warning('checkpoint %s is unreadable (%s); trying the step before it', step_dir,
+                      _cause(e))
+      continue
+    return step_dir, saved, names.flatten(weights)
+  raise CheckpointError(f'no checkpoint in {directory} is readable' + (
+      ': ' + '; '.join(failures) if failures else ' (no step folders)'))
+
+
+def load_run_params(directory, params, batch_stats, current_meta, *, ema=False):
+  """`init_from` an earlier run: its params and batch stats, laid out like ours, from its
+  newest readable, finite step (`read_run_weights`; `ema`: its EMA parameters).
 
   The architecture must match. A head of another shape (other classes) is
   not loaded: `params` keeps its freshly initialised head.
   """
-  step_dir = _find_step_dir(directory)
-  saved = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / 'meta')
+  step_dir, saved, flat = read_run_weights(directory, ema=ema)
   theirs, mine = saved['param_shapes'], current_meta['param_shapes']
   new_head = {k for k in mine
               if k in theirs and names.head_is_replaced(k, theirs[k], mine[k])}
@@ -305,7 +360,6 @@ def load_run_params(directory, params, batch_stats, current_meta):
                    {'model': current_meta['model'],
                     'param_shapes': {k: v for k, v in mine.items() if k not in new_head}},
                    step_dir)
-  flat = names.flatten(restore_on_host(step_dir / 'params'))
 
   def fill(prefix, tree):
     def one(name, x):
@@ -316,5 +370,5 @@ def load_run_params(directory, params, batch_stats, current_meta):
 
   provenance = {'source': os.fspath(step_dir), 'model': saved['model'],
                 'step': saved['data_position']['next_step'],
-                'head_replaced': bool(new_head)}
+                'head_replaced': bool(new_head), 'ema': ema}
   return fill('params', params), fill('batch_stats', batch_stats), provenance

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from stvit_jax import paths
-from stvit_jax.data import inputs, pipeline
+from stvit_jax.data import inputs, pipeline, read_errors
 from stvit_jax.runtime import compile_cache, sharding
 from stvit_jax.train import checkpoint, evaluate, health, init_from, runconfig
 from stvit_jax.train.functional import input_kind
@@ -102,14 +102,14 @@ def train_and_evaluate(config, workdir):
   logging.info('%s: %.2fM parameters; %d steps (%d per epoch) of batch %d on mesh %s',
                config.model.name, num_params / 1e6, steps.total, steps.per_epoch,
                config.batch_size, dict(mesh.shape))
-  batches = data.train_iterator(config.data, global_batch_size=config.batch_size,
-                                seed=config.seed, start_step=start)
   tracker = health.Health(config.optim.get('skip_nonfinite', 0))
   pending, evals, stopped = [], {}, False
   t_start = t_last = time.perf_counter()
   step_last, t_first = start, None
   step = start
   try:
+    batches = data.train_iterator(config.data, global_batch_size=config.batch_size,
+                                  seed=config.seed, start_step=start)  # (may fill a cache)
     while step < steps.total:
       with compile_cache.Counts() as counts:
         state, metrics = train_step(state, sharding.to_global(next(batches), mesh))
@@ -154,6 +154,14 @@ def train_and_evaluate(config, workdir):
         logging.warning('stop requested: saved step %d, exiting', step)
         break
     ckpt.close()
+  except read_errors.DataError as e:
+    # The data, not the run, is broken: let the saves already started finish, so that
+    # after the repair the same command resumes from the newest checkpoint.
+    ckpt.close()
+    writer.close()
+    last = ckpt.latest_step()
+    kept = f'it resumes from step {last}' if last is not None else 'no checkpoint yet'
+    raise read_errors.DataError(f'{e} ({kept})') from e.__cause__
   except BaseException:
     ckpt.close(wait=False)
     writer.close()
