@@ -30,6 +30,7 @@ import numpy as np
 
 from stvit_jax import cli, models
 from stvit_jax.data import files as files_lib
+from stvit_jax.runtime import compile_cache
 from stvit_jax.train import run_weights
 from stvit_jax.weights import factory, hub
 
@@ -167,7 +168,9 @@ def main(argv=None):
                       '(default: ImageNet WordNet ids for 1000 classes, else class i)')
   parser.add_argument('--clips', type=int, default=4, help='video models: clips per file')
   parser.add_argument('--crops', type=int, default=3, help='video models: crops per clip')
+  compile_cache.add_flag(parser)
   args = parser.parse_args(argv)
+  compile_cache.enable(args.compilation_cache_dir)
   run = run_weights.is_run(args.init_from)
   if run:  # the run names its model; --model / --set are checked against it below
     args.model = args.model or run_weights.model_of(run_weights.read_config(args.init_from))[0]

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 
 from stvit_jax import cli, models
 from stvit_jax.data import files
+from stvit_jax.runtime import compile_cache
 from stvit_jax.train import checkpoint, run_weights
 from stvit_jax.weights import factory
 
@@ -287,7 +288,9 @@ def main(argv=None):
   parser.add_argument('--panel', type=int, default=None, help='panel side in pixels')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       type=cli.key_value, help='model option, e.g. --set num_semantic=36')
+  compile_cache.add_flag(parser)
   args = parser.parse_args(argv)
+  compile_cache.enable(args.compilation_cache_dir)
   try:
     overrides = dict(args.set)
     if run_weights.is_run(args.init_from):  # the run names its model
