@@ -338,9 +338,11 @@ def test_disk_full_is_reported_at_once_in_one_message(finished, data_dir, tmp_pa
 
 
 def wait_for(path, text, proc, timeout=300):
+  """Until `text` is in the file `path` or, with text=None, a path matches the glob `path`."""
   deadline = time.time() + timeout
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and text in open(path).read():
+    if (glob.glob(path) if text is None else
+        os.path.exists(path) and text in open(path).read()):
       return
     time.sleep(0.05)
   raise AssertionError(f'{text!r} never appeared in {path}')
@@ -364,22 +366,42 @@ def test_sigint_saves_and_exits_preempted(data_dir, tmp_path):
   assert 'SIGINT: will save' in text and 'Traceback' not in text
 
 
+# The trainer with step 20's save held open: orbax writes `20.orbax-checkpoint-tmp` and
+# never commits it (renames it to `20`), so a kill once that directory is there lands in
+# the save for certain (a tiny model's save commits in milliseconds: by chance before or
+# after a kill).
+HOLD_SAVE_OF_STEP_20 = r"""
+import asyncio, runpy
+from orbax.checkpoint._src.path import atomicity  # orbax 0.12: the local commit
+commit = atomicity.AtomicRenameTemporaryPath.finalize
+async def held(self):
+  if self.get_final().name == '20':
+    await asyncio.Event().wait()  # forever
+  return await commit(self)
+atomicity.AtomicRenameTemporaryPath.finalize = held
+runpy.run_module('stvit_jax.main', run_name='__main__', alter_sys=True)
+"""
+
+
 @pytest.mark.slow
 def test_kill_during_a_save_resumes_from_a_complete_step(data_dir, tmp_path):
   workdir = tmp_path / 'run'
   log = str(workdir) + '.log'
   args = ('--config.total_steps=30', '--config.checkpoint_every_steps=10',
           '--config.log_every_steps=1')
+  held = [sys.executable, '-c', HOLD_SAVE_OF_STEP_20, *command(workdir, data_dir, *args)[3:]]
   with open(log, 'w') as out:
-    proc = subprocess.Popen(command(workdir, data_dir, *args), cwd=ROOT, env=environment(),
-                            stdout=out, stderr=subprocess.STDOUT)
-    wait_for(log, 'saving step 20', proc)  # the save runs in the background: kill it
+    proc = subprocess.Popen(held, cwd=ROOT, env=environment(), stdout=out,
+                            stderr=subprocess.STDOUT)
+    wait_for(str(workdir / 'checkpoints' / '20.orbax-checkpoint-tmp*'), None, proc)
+    wait_for(log, 'saving step 20', proc)  # handed to the background; held uncommitted
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+  assert steps_in(workdir) == [10]  # killed in step 20's save: 10 is the newest complete one
   rerun = subprocess.run(command(workdir, data_dir, *args), cwd=ROOT, env=environment(),
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   summary = json.load(open(workdir / 'summary.json'))
-  assert summary['start_step'] in (10, 20) and summary['final_step'] == 30
+  assert summary['start_step'] == 10 and summary['final_step'] == 30
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in rows] == list(range(1, 31))
