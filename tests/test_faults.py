@@ -366,30 +366,15 @@ def test_sigint_saves_and_exits_preempted(data_dir, tmp_path):
   assert 'SIGINT: will save' in text and 'Traceback' not in text
 
 
-# The trainer with step 20's save held open: orbax writes `20.orbax-checkpoint-tmp` and
-# never commits it (renames it to `20`), so a kill once that directory is there lands in
-# the save for certain (a tiny model's save commits in milliseconds: by chance before or
-# after a kill).
-HOLD_SAVE_OF_STEP_20 = r"""
-import asyncio, runpy
-from orbax.checkpoint._src.path import atomicity  # orbax 0.12: the local commit
-commit = atomicity.AtomicRenameTemporaryPath.finalize
-async def held(self):
-  if self.get_final().name == '20':
-    await asyncio.Event().wait()  # forever
-  return await commit(self)
-atomicity.AtomicRenameTemporaryPath.finalize = held
-runpy.run_module('stvit_jax.main', run_name='__main__', alter_sys=True)
-"""
-
-
 @pytest.mark.slow
 def test_kill_during_a_save_resumes_from_a_complete_step(data_dir, tmp_path):
   workdir = tmp_path / 'run'
   log = str(workdir) + '.log'
   args = ('--config.total_steps=30', '--config.checkpoint_every_steps=10',
           '--config.log_every_steps=1')
-  held = [sys.executable, '-c', HOLD_SAVE_OF_STEP_20, *command(workdir, data_dir, *args)[3:]]
+  # tests/held_save.py: the trainer with step 20's save never committed
+  held = [sys.executable, os.path.join(ROOT, 'tests', 'held_save.py'),
+          *command(workdir, data_dir, *args)[3:]]
   with open(log, 'w') as out:
     proc = subprocess.Popen(held, cwd=ROOT, env=environment(), stdout=out,
                             stderr=subprocess.STDOUT)
