@@ -1,7 +1,8 @@
 """The harness of the launch/ tests (fixtures in conftest.py): launch/ runs from a
 copy in a temporary git repository with a fake `gcloud` and `gsutil` first on PATH.
-They record their argv, keep TPU states in files (describe prints READY, PREEMPTED,
-...), and `gsutil cp` copies to a local "bucket". With FAKE_SSH_EXEC the fake
+They record their argv, refuse a command or flag that tests/fixtures/gcloud_flags.json
+(the Cloud SDK reference) does not list, keep TPU states in files (describe prints
+READY, PREEMPTED, ...), and `gsutil cp` copies to a local "bucket". With FAKE_SSH_EXEC the fake
 `ssh --command=SCRIPT` runs SCRIPT with bash under a temporary HOME, against fake
 worker tools (python3 -> uv -> venv -> trainer), so the worker-side shell is executed
 too. Needs bash and git.
@@ -23,13 +24,40 @@ V5E = ['--name=stvit-s', '--zone=us-west4-a', '--accelerator=v5litepod-16', '--s
 V4 = ['--name=stvit-v4', '--zone=us-central2-b', '--accelerator=v4-32', '--reserved',
       '--queued', '--bucket=gs://my-bucket', '--run=deit_s_v4', '--config=configs/deit_s.py']
 
-FAKE_GCLOUD = r'''
+# What each gcloud / gsutil command launch/ runs accepts, from the Cloud SDK reference
+# (its "_source" says which pages): the fakes refuse any other command or flag, as the
+# real tools do, so a misspelt flag fails the launch tests.
+FLAGS = ROOT / 'tests' / 'fixtures' / 'gcloud_flags.json'
+FAKE_GCLOUD = f'FLAGS_FILE = {str(FLAGS)!r}\n' + r'''
 import json, os, shutil, subprocess, sys
 
 prog, args = os.path.basename(sys.argv[0]), sys.argv[1:]
 state = os.environ['FAKE_STATE']
 with open(os.path.join(state, 'calls.jsonl'), 'a') as f:
   f.write(json.dumps([prog] + args) + '\n')
+FLAGS = json.load(open(FLAGS_FILE))
+
+
+def check(command, flags, allowed):  # gcloud's own words for an unknown flag
+  if allowed is None:
+    sys.exit(f'ERROR: ({command}) is not a command launch/ may run (see {FLAGS_FILE})')
+  for flag in flags:
+    if flag.split('=', 1)[0] not in allowed:
+      sys.exit(f"ERROR: ({command}) unrecognized arguments: {flag.split('=', 1)[0]}")
+
+
+if prog == 'gsutil':  # gsutil [OPTION...] SUBCOMMAND [OPTION...] ARG...
+  sub = next(i for i, a in enumerate(args) if not a.startswith('-'))
+  check('gsutil', args[:sub], FLAGS['gsutil'])
+  check(f'gsutil {args[sub]}', [a for a in args[sub + 1:] if a.startswith('-')],
+        FLAGS.get(f'gsutil {args[sub]}'))
+else:  # gcloud compute tpus KIND VERB NAME --flag=value... [-- SSH_ARGS]
+  own = args[:args.index('--')] if '--' in args else args
+  check('gcloud.' + '.'.join(args[:4]), [a for a in own[4:] if a.startswith('-')],
+        None if 'gcloud ' + ' '.join(args[:4]) not in FLAGS
+        else FLAGS['gcloud ' + ' '.join(args[:4])] + FLAGS['gcloud'])
+if os.environ.get('FAKE_FLAGS_ONLY'):  # checked, nothing else done
+  sys.exit(0)
 
 
 def gcs(url):

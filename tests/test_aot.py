@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,12 +124,12 @@ def test_compiles_tiny_stvit_train_step_for_v5e_2x2(libtpu_pythonpath):
   m, shard_bytes = r['memory'], out['shard_bytes']
   assert shard_bytes <= m['argument'] <= 64 * shard_bytes
   assert m['alias'] > 0  # the donated state is updated in place
-  assert m['total'] == m['argument'] + m['output'] - m['alias'] + m['temp'] + m['generated_code']
-  assert 0 < m['total'] < GIB
+  # (How 'total' is made from these: test_report_arithmetic, with numbers worked by hand.)
+  assert m['argument'] + m['temp'] <= m['total'] < GIB
 
   # FLOPs: the matmuls of forward + backward (2 FLOPs per MAC, counted from the
   # step's jaxpr) are most of them; norms, softmax, mixup and AdamW add the rest.
-  assert r['flops_per_step'] == r['flops_per_chip'] * 4
+  assert 0 < r['flops_per_chip'] < r['flops_per_step']
   assert out['matmul_flops'] <= r['flops_per_step'] <= 2 * out['matmul_flops'], out
 
   assert 'v5e:2x2 = v5litepod-4' in text and 'data=2 x fsdp=2' in text
@@ -151,3 +152,33 @@ def test_report_counts_flops_per_clip_for_video():
   assert 'of 8 GiB HBM (116%): DOES NOT FIT' in over and 'remat_policy=full' in over
   assert 'lower bound' in aot.format_report({**report, 'flops_lower_bound': True})
   assert 'lower bound' not in text
+
+
+class _Fake:
+  def __init__(self, **kw):
+    self.__dict__.update(kw)
+
+
+def test_report_arithmetic(monkeypatch):
+  """compile_train_step's sums on a stand-in compiled step whose XLA figures are literal
+  numbers: the expected totals are worked out by hand below, not by the report's formulas."""
+  mem = dict(argument_size_in_bytes=1000, output_size_in_bytes=600, alias_size_in_bytes=400,
+             temp_size_in_bytes=3000, generated_code_size_in_bytes=50)
+  compiled = _Fake(memory_analysis=lambda: _Fake(**mem),
+                   cost_analysis=lambda: [{'flops': 2.5e9}])  # one chip's program
+  step = _Fake(lower=lambda state, batch: _Fake(compile=lambda: compiled))
+  state = {'params': {'w': np.zeros((3, 4)), 'b': np.zeros(5)}, 'step': np.zeros(())}
+  monkeypatch.setattr(aot, 'tpu_devices', lambda t: [
+      _Fake(device_kind='TPU v5 lite', process_index=i // 4) for i in range(t.num_chips)])
+  monkeypatch.setattr(aot.sharding, 'make_mesh',
+                      lambda config, devices: _Fake(shape={'data': len(devices), 'fsdp': 1}))
+  monkeypatch.setattr(aot, 'build_train_step', lambda config, mesh: (step, state, {}))
+  r = aot.compile_train_step(tiny_config(), 'v5e:4x4')
+  # argument 1000 + output 600 - aliased 400 (donated, no second buffer) + temp 3000 + code 50
+  assert r['memory']['total'] == 4250
+  assert r['fits'] and r['params'] == 17 and (r['chips'], r['hosts']) == (16, 4)
+  assert r['flops_per_chip'] == 2.5e9 and r['flops_per_step'] == 4e10  # 16 chips x 2.5 GFLOP
+  mem['temp_size_in_bytes'] = 16 * GIB - 1250 + 1  # total 16 GiB + 1 byte: over v5e's HBM
+  assert not aot.compile_train_step(tiny_config(), 'v5e:4x4')['fits']
+  mem['temp_size_in_bytes'] -= 1  # exactly 16 GiB fits
+  assert aot.compile_train_step(tiny_config(), 'v5e:4x4')['fits']

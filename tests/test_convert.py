@@ -145,6 +145,31 @@ def test_official_stvit_r_names_convert_with_nothing_left(size, params):
                                   sd['layers.2.blocks.5.layer_scale_2'])
 
 
+@pytest.mark.parametrize('size', ['s', 'b'])
+def test_official_stvit_r_names_map_to_ours_and_back(size):
+  """The authors' own names (not ones made from our rules, as weights_server's test
+  checkpoints are): each maps to one of our weights, of the official shape in our layout,
+  and our name maps back to it; every weight of ours is one official name's."""
+  rows = read_names(os.path.join(REFERENCE, f'stvit_r_swin_{size}_state_dict.txt'))
+  name = {'s': 'stvit_r_swin_small', 'b': 'stvit_r_swin_base'}[size]
+  targets = _targets(name)
+  rules = convert.RULES[convert.rules_for(name, {'layers.0.downsample.x': 0})[0]]
+  rebuilt = ('num_batches_tracked', 'relative_position_index', 'attn_mask')  # no weights
+  official = [(n, shape) for n, shape, _ in rows if not n.endswith(rebuilt)]
+  assert len(rows) - len(official) == 13  # 2 BatchNorm counters, 9 index tables, 2 masks
+  ours = {}
+  for source, shape in official:
+    target = convert.model_name(source, len(shape), rules, targets)
+    assert target in targets and target not in ours, (source, target)
+    ours[target] = source
+    assert convert.source_name(target, rules) == source
+    # PyTorch layouts by hand: Linear (out, in) -> (in, out), Conv (O, I, H, W) -> (H, W, I, O)
+    if target.endswith('.kernel'):
+      shape = shape[::-1] if len(shape) == 2 else (*shape[2:], shape[1], shape[0])
+    assert targets[target] == shape, (source, target)
+  assert set(ours) == set(targets)
+
+
 @pytest.mark.slow  # full-size state_dicts
 @pytest.mark.parametrize('file', sorted(MANIFEST['names']))
 def test_full_size_timm_names_convert_with_nothing_left(file):

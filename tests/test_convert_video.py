@@ -174,6 +174,32 @@ def test_cli_inflate_from_a_converted_image_directory(tmp_path, capsys):
       'inflated']
   logits, _ = apply(model, jnp.zeros((1, 4, 224, 224, 3)), train=False)
   assert logits.shape == (1, 7)
+  # The values, against the PyTorch source permuted by hand: kernels (out, in) -> (in, out);
+  # the patch conv (out, 3, 4, 4) -> (kh, kw, in, out), copied to both temporal taps and
+  # halved; the (169, heads) bias table repeated for each of the 15 temporal offsets.
+  src = load('swin_tiny.microsoft.npz')
+  value = lambda path: np.asarray(nnx_param(model, path))
+  k = src['patch_embed.proj.weight'].transpose(2, 3, 1, 0)
+  np.testing.assert_array_equal(value('patch_embed.proj.kernel'), np.stack([k / 2, k / 2]))
+  for ours, theirs in (('layers.0.blocks.1.attn.qkv.kernel', 'layers.0.blocks.1.attn.qkv.weight'),
+                       ('layers.2.blocks.0.mlp.fc2.kernel', 'layers.2.blocks.0.mlp.fc2.weight'),
+                       ('layers.0.downsample.reduction.kernel',
+                        'layers.0.downsample.reduction.weight')):
+    np.testing.assert_array_equal(value(ours), src[theirs].T, err_msg=ours)
+  for ours, theirs in (('layers.3.blocks.1.norm2.scale', 'layers.3.blocks.1.norm2.weight'),
+                       ('layers.1.blocks.0.attn.qkv.bias', 'layers.1.blocks.0.attn.qkv.bias'),
+                       ('norm.bias', 'norm.bias')):
+    np.testing.assert_array_equal(value(ours), src[theirs], err_msg=ours)
+  table = src['layers.1.blocks.1.attn.relative_position_bias_table']  # (169, 2)
+  np.testing.assert_array_equal(
+      value('layers.1.blocks.1.attn.relative_position_bias_table'),
+      np.concatenate([table] * 15))
+
+
+def nnx_param(model, path):
+  for part in path.split('.'):
+    model = model[int(part)] if part.isdigit() else getattr(model, part)
+  return model[...]
 
 
 def test_cli_inflate_needs_num_classes(tmp_path, capsys):

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from stvit_jax.data import defaults
 from stvit_jax.data import pipeline
@@ -64,6 +65,33 @@ def test_process_shards_are_disjoint_and_differ_from_global(cfg):
   per_process = global_batches(c, 2, 0, 1)[0]
   shared = global_batches(cfg, 2, 0, 1)[0]
   assert not np.array_equal(per_process['image'], shared['image'])
+
+
+def epoch_rows(cfg, n):
+  """The dataset rows ('index') each of n processes reads in epoch 0, at a global batch of
+  n: 1437 = 3 * 479, so with n = 3 nothing is dropped and an epoch is the whole split."""
+  only_index = lambda ex, seed: {'index': ex['index'], 'label': ex['label']}
+  steps = pipeline.steps_per_epoch(cfg, global_batch_size=n, process_count=n)
+  assert steps == 1437 // n
+  its = [pipeline.train_iterator(cfg, global_batch_size=n, seed=5, process_index=p,
+                                 process_count=n, prep=only_index) for p in range(n)]
+  return [np.concatenate([b['index'] for b in itertools.islice(it, steps)]) for it in its]
+
+
+@pytest.mark.parametrize('shard_by', ['process', 'global'])
+def test_shards_are_disjoint_and_cover_the_split(cfg, shard_by):
+  c = cfg.copy_and_resolve_references()
+  c.shard_by = shard_by
+  # The split's rows, read straight from TFDS (not through the pipeline).
+  train = tfds.builder('stvit_digits', data_dir=c.data_dir).as_dataset(split='train')
+  everything = np.sort([int(ex['index']) for ex in train.as_numpy_iterator()])
+  assert len(everything) == 1437
+  rows = epoch_rows(c, 3)
+  for r in rows:
+    assert len(r) == 479 and len(np.unique(r)) == 479  # no row twice in a process
+  for i, j in itertools.combinations(range(3), 2):
+    assert not set(rows[i]) & set(rows[j]), (shard_by, i, j)  # no row in two processes
+  np.testing.assert_array_equal(np.sort(np.concatenate(rows)), everything)  # nothing missing
 
 
 def test_bad_value_names_the_field(cfg):

@@ -340,9 +340,11 @@ def test_disk_full_is_reported_at_once_in_one_message(finished, data_dir, tmp_pa
 
 
 def wait_for(path, text, proc, timeout=300):
+  """Until `text` is in the file `path` or, with text=None, a path matches the glob `path`."""
   deadline = time.time() + timeout
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(path) and text in open(path).read():
+    if (glob.glob(path) if text is None else
+        os.path.exists(path) and text in open(path).read()):
       return
     time.sleep(0.05)
   raise AssertionError(f'{text!r} never appeared in {path}')
@@ -372,17 +374,22 @@ def test_kill_during_a_save_resumes_from_a_complete_step(data_dir, tmp_path):
   log = str(workdir) + '.log'
   args = ('--config.total_steps=30', '--config.checkpoint_every_steps=10',
           '--config.log_every_steps=1')
+  # tests/held_save.py: the trainer with step 20's save never committed
+  held = [sys.executable, os.path.join(ROOT, 'tests', 'held_save.py'),
+          *command(workdir, data_dir, *args)[3:]]
   with open(log, 'w') as out:
-    proc = subprocess.Popen(command(workdir, data_dir, *args), cwd=ROOT, env=environment(),
-                            stdout=out, stderr=subprocess.STDOUT)
-    wait_for(log, 'saving step 20', proc)  # the save runs in the background: kill it
+    proc = subprocess.Popen(held, cwd=ROOT, env=environment(), stdout=out,
+                            stderr=subprocess.STDOUT)
+    wait_for(str(workdir / 'checkpoints' / '20.orbax-checkpoint-tmp*'), None, proc)
+    wait_for(log, 'saving step 20', proc)  # handed to the background; held uncommitted
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+  assert steps_in(workdir) == [10]  # killed in step 20's save: 10 is the newest complete one
   rerun = subprocess.run(command(workdir, data_dir, *args), cwd=ROOT, env=environment(),
                          capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   summary = json.load(open(workdir / 'summary.json'))
-  assert summary['start_step'] in (10, 20) and summary['final_step'] == 30
+  assert summary['start_step'] == 10 and summary['final_step'] == 30
   rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
   assert [r['step'] for r in rows] == list(range(1, 31))
 

@@ -314,3 +314,45 @@ def test_real_gcloud_parses_every_command(launch, tmp_path):
   for argv in commands.values():
     p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode != 0 and 'account' in p.stderr, (argv[:5], p.stderr)
+
+
+def test_every_gcloud_and_gsutil_flag_is_in_the_reference_table(launch):
+  """Each command the scripts print (both README setups, with --project too) passes the fake
+  gcloud / gsutil's check against tests/fixtures/gcloud_flags.json (Cloud SDK 528.0.0)."""
+  printed = ''
+  for args in (V5E, V4, [*V5E, '--project=my-proj-1']):
+    for script in SCRIPTS:
+      printed += launch(script, *args, '--dry-run').stdout
+  seen = set()
+  for command in _commands_in(printed):
+    argv = shlex.split(command)
+    if argv[0] in ('gcloud', 'gsutil'):
+      p = subprocess.run(argv, capture_output=True, text=True,
+                         env={**launch.env, 'FAKE_FLAGS_ONLY': '1'}, timeout=60)
+      assert p.returncode == 0, (argv, p.stderr)
+      seen.add(' '.join(argv[:5] if argv[0] == 'gcloud' else argv[:3]))
+  assert seen == {'gsutil -q cp', *(f'gcloud compute tpus {kind} {verb}'
+                                    for kind in ('tpu-vm', 'queued-resources')
+                                    for verb in ('create', 'describe', 'delete')),
+                  'gcloud compute tpus tpu-vm ssh'}, seen
+
+
+def test_a_misspelt_flag_fails_loudly(launch, tmp_path):
+  bad = tmp_path / 'launch'
+  shutil.copytree(launch.root / 'launch', bad)
+  create = bad / 'create.sh'
+  create.write_text(create.read_text().replace('--accelerator-type=', '--acelerator-type='))
+  p = subprocess.run(['bash', str(create), *V5E], capture_output=True, text=True,
+                     env=launch.env, timeout=60)
+  assert p.returncode != 0
+  assert ('ERROR: (gcloud.compute.tpus.tpu-vm.create) unrecognized arguments: '
+          '--acelerator-type') in p.stderr, p.stderr
+  assert not launch.exists('tpu-vm', 'stvit-s')  # refused: nothing was created
+  for argv, message in (
+      (['gsutil', '-q', 'cp', '-X', 'a', 'gs://b/a'], '(gsutil cp) unrecognized arguments: -X'),
+      (['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'n', '--zone=z', '--workers=all'],
+       'unrecognized arguments: --workers'),
+      (['gcloud', 'compute', 'tpus', 'tpu-vm', 'stop', 'n', '--zone=z'],
+       'is not a command launch/ may run')):
+    p = subprocess.run(argv, capture_output=True, text=True, env=launch.env, timeout=60)
+    assert p.returncode != 0 and message in p.stderr, (argv, p.stderr)

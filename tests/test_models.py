@@ -122,6 +122,39 @@ def test_bfloat16_logits_close_to_float32(family):
   assert jax.tree.leaves(nnx.state(model16, nnx.Param))[0].dtype == jnp.float32
   scale = float(jnp.max(jnp.abs(l32)))
   assert float(jnp.max(jnp.abs(l16 - l32))) < 0.05 * scale
+  assert float(jnp.max(jnp.abs(l16 - l32))) > 0  # bfloat16 rounding shows: not the same program
+
+
+def equations(jaxpr):
+  """Every equation of a jaxpr, also inside nested ones (jit, custom_jvp, scan, ...)."""
+  for eqn in getattr(jaxpr, 'jaxpr', jaxpr).eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else (value,):
+        if hasattr(item, 'eqns') or hasattr(getattr(item, 'jaxpr', None), 'eqns'):
+          yield from equations(item)
+
+
+@pytest.mark.parametrize('family', ['deit', 'stvit_deit', 'swin', 'stvit_r_swin', 'stvit_swin'])
+def test_bfloat16_models_multiply_in_bfloat16(family):
+  """docs/models.md: dtype='bfloat16' makes the matmuls (and convs) bfloat16; the head
+  alone stays float32 (its output is the (batch 2, 7 classes) logits)."""
+  def products(dtype):
+    model, size = tiny(family, dtype=dtype)
+    graphdef, state = nnx.split(model)
+    jaxpr = jax.make_jaxpr(lambda state, x: nnx.merge(graphdef, state)(x, train=False)[0])(
+        state, image_batch(size))
+    return [(tuple(str(v.aval.dtype) for v in e.invars), e.outvars[0].aval.shape)
+            for e in equations(jaxpr)
+            if e.primitive.name in ('dot_general', 'conv_general_dilated')]
+  bf16 = products('bfloat16')
+  head = (('float32', 'float32'), (2, 7))
+  assert bf16.count(head) == 1, bf16
+  others = [dtypes for dtypes, shape in bf16 if (dtypes, shape) != head]
+  assert len(others) >= 10 and set(others) == {('bfloat16', 'bfloat16')}, set(others)
+  # float32 (the control): the same products, none in bfloat16
+  f32 = products('float32')
+  assert len(f32) == len(bf16) and {dtypes for dtypes, _ in f32} == {('float32', 'float32')}
 
 
 @pytest.mark.parametrize('family', ['stvit_deit', 'stvit_r_swin'])

@@ -152,6 +152,15 @@ def test_finetune(tmp_path, data_dir, init_from, request):
                     r'on 360 digits after 40 steps', text)
   assert final, text[-2000:]
   assert float(final[2]) >= float(final[1]) > 0
+  # Chance is 10 % top-1 (10 digits; 1.6 % std over 360 test digits). From scratch the
+  # notebook reaches 23.6 % (measured): 18 % is 5 std above chance. The converted deit_tiny
+  # is the random-weight fixture, fine-tuned at 1/100 of the lr: it stays at chance (10.0 %
+  # measured), so there the test loss must fall (2.361 at step 20 -> 2.308 at 40 measured).
+  if init_from:
+    losses = [float(x) for x in re.findall(r'eval step \d+: .* loss (\d+\.\d+)', text)]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses
+  else:
+    assert float(final[1]) > 18, final[0]
   assert (workdir / 'metrics.jsonl').exists() and (workdir / 'checkpoints' / '40').is_dir()
   assert re.search(r'predicted: (\d ){15}\d\ntrue: +(\d ){15}\d\n\d+ of 16 right', text)
   assert pngs >= 1  # the test digits, shown inline

@@ -36,19 +36,56 @@ def env(server, tmp_path, monkeypatch):
   server.requests.clear()
 
 
+# ImageNet's mean and std (timm / torchvision), as published.
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
 @pytest.fixture
 def photos(tmp_path):
-  """A folder with a PNG and a JPEG, and a WebP file beside it."""
+  """A folder with a PNG and a JPEG, and a WebP file beside it. Their shorter side is 73 =
+  floor(64 / crop_pct 0.875): at image_size 64 the eval transform keeps them at scale 1,
+  so its output is known exactly (`expected_input`)."""
   folder = tmp_path / 'photos'
   folder.mkdir()
   rng = np.random.default_rng(0)
-  yy, xx = np.mgrid[0:120, 0:90]
-  gradient = np.stack([xx * 2, yy * 2, (xx + yy)], -1).astype(np.uint8)
+  yy, xx = np.mgrid[0:100, 0:73]
+  gradient = np.stack([xx * 3, yy * 2, (xx + yy)], -1).astype(np.uint8)
   Image.fromarray(gradient).save(folder / 'gradient.png')
-  Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(folder / 'noise.jpg')
+  # 4:4:4: no chroma upsampling, so decoding only the crop window gives the same pixels
+  Image.fromarray(rng.integers(0, 256, (73, 100, 3), dtype=np.uint8)).save(
+      folder / 'noise.jpg', subsampling=0)
   (folder / 'notes.txt').write_text('not an image')
   Image.fromarray(gradient[::-1]).save(tmp_path / 'flipped.webp')
   return folder, tmp_path / 'flipped.webp'
+
+
+def expected_input(path):
+  """The model input for a photo above, by hand: the centre 64 x 64 ((h - 64) // 2 from the
+  top, (w - 64) // 2 from the left), normalised with the literal constants, in float64.
+  Pixels: TensorFlow's JPEG decoder for the JPEG (Pillow's rounds differently), Pillow
+  for the rest."""
+  if str(path).endswith('.jpg'):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    pixels = tf.io.decode_jpeg(open(path, 'rb').read(), channels=3).numpy()
+  else:
+    pixels = np.asarray(Image.open(path).convert('RGB'))
+  h, w, _ = pixels.shape
+  assert min(h, w) == 73
+  top, left = (h - 64) // 2, (w - 64) // 2
+  return ((pixels[top:top + 64, left:left + 64] / 255.0 - MEAN) / STD).astype(np.float32)
+
+
+def test_preprocess_by_hand(photos, tmp_path):
+  folder, webp = photos
+  for path in (folder / 'gradient.png', folder / 'noise.jpg', webp):
+    np.testing.assert_allclose(predict.preprocess(str(path), 64), expected_input(path),
+                               atol=1e-6, err_msg=str(path))
+  # Resized (shorter side 90 -> 73): a flat colour stays that colour.
+  Image.fromarray(np.full((120, 90, 3), (10, 128, 250), np.uint8)).save(tmp_path / 'flat.png')
+  got = predict.preprocess(str(tmp_path / 'flat.png'), 64)
+  assert got.shape == (64, 64, 3) and got.dtype == np.float32
+  np.testing.assert_allclose(got, np.broadcast_to((np.array([10, 128, 250]) / 255 - MEAN) / STD,
+                                                  (64, 64, 3)), atol=1e-6)
 
 
 @pytest.mark.slow  # compiles the model's forward twice (jit and eager)
@@ -61,12 +98,12 @@ def test_predict_prints_top_classes_with_imagenet_names(env, photos, capsys):
   blocks = re.findall(r'^(\S+)\n((?:  +\d+\.\d\d%  n\d{8}.*\n){3})', out, re.M)
   assert [os.path.basename(b[0]) for b in blocks] == ['gradient.png', 'noise.jpg',
                                                       'flipped.webp']
-  # The same numbers from the model and the eval transform directly.
+  # The same numbers from the model on the input worked out by hand.
   model = stvit_jax.create('deit_tiny', pretrained=True)
   names = predict.class_names(1000)
   assert names[0].startswith('n01440764') and len(set(names)) == 1000
   for path, lines in blocks:
-    logits = np.asarray(model(predict.preprocess(path, 64)[None], train=False)[0][0],
+    logits = np.asarray(model(expected_input(path)[None], train=False)[0][0],
                         np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()

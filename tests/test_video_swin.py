@@ -105,6 +105,16 @@ def test_block_matches_the_numpy_reference(size, shift):
     assert np.abs(block_reference(x, p, full, (0, 0, 0), heads) - want).max() > 1e-2
 
 
+def windows_by_hand(grid, window):
+  """(nW, N, ...) the entries of each window, windows and their tokens in (d, h, w) raster
+  order, with plain loops."""
+  (d, h, w), (wd, wh, ww) = grid.shape[:3], window
+  return np.array([[grid[d0 + i, h0 + j, w0 + k]
+                    for i in range(wd) for j in range(wh) for k in range(ww)]
+                   for d0 in range(0, d, wd) for h0 in range(0, h, wh)
+                   for w0 in range(0, w, ww)])
+
+
 @pytest.mark.parametrize('size,window,shift', [
     ((16, 56, 56), (8, 7, 7), (4, 3, 3)),
     ((8, 14, 14), (8, 7, 7), (0, 3, 3)),
@@ -115,8 +125,9 @@ def test_shift_mask_matches_region_labels(size, window, shift):
   grid = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing='ij'), -1)
   labels = np.stack([region_labels(n, w, s)[grid[..., i]]
                      for i, (n, w, s) in enumerate(zip(size, window, shift))], -1)
-  ids = video_swin.window_partition(labels[None], window)  # (nW, N, 3)
+  ids = windows_by_hand(labels, window)  # (nW, N, 3), not through window_partition
   want = np.where((ids[:, :, None] != ids[:, None]).any(-1), -100.0, 0.0)
+  assert got.shape == (np.prod(np.array(size) // window), np.prod(window), np.prod(window))
   np.testing.assert_array_equal(got, want)
   regions = len({tuple(v) for v in labels.reshape(-1, 3)})
   assert regions == np.prod([3 if s else 1 for s in shift])

@@ -110,7 +110,35 @@ def test_cli_loads_weights_from_init_from(tmp_path):
   loaded = visualize.build('stvit_deit_small', init_from=tmp_path / 'w', seed=0,
                            **TINY['stvit_deit_small'])
   np.testing.assert_allclose(maps_of(loaded, 1)[0], maps_of(source, 1)[0], rtol=1e-5, atol=1e-7)
-  out = tmp_path / 'loaded.png'
+  out, untrained = tmp_path / 'loaded.png', tmp_path / 'untrained.png'
   assert visualize.main(cli_args('stvit_deit_small', out, '--set', 'img_size=96',
-                                 '--init_from', str(tmp_path / 'w'), '--panel', '32')) == 0
-  assert out.exists()
+                                 '--init_from', str(tmp_path / 'w'))) == 0
+  assert visualize.main(cli_args('stvit_deit_small', untrained, '--set', 'img_size=96')) == 0
+  sheet, other = (np.asarray(Image.open(p).convert('RGB')).astype(np.float64)
+                  for p in (out, untrained))
+  # 18 panels of 96 px (the image size: drawn unresized) in ceil(sqrt(18 * 1.6)) = 6
+  # columns, 3 rows: 6 * (96 + 4) + 4 wide, title 22 + 3 * (96 + label 14 + 4) + 4 high.
+  assert sheet.shape == (368, 604, 3)
+
+  def panel(a, k):
+    y, x = 40 + (k // 6) * 114, 4 + (k % 6) * 100
+    return a[y:y + 96, x:x + 96]
+
+  # The input: the photo's centre square (427 px * 96 / floor(96 / 0.875)), by Pillow.
+  with Image.open(PHOTO) as photo:
+    side, (w, h) = 427 * 96 / 109, photo.size
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    want = np.asarray(photo.resize((96, 96), Image.BICUBIC, box=box), np.float64)
+  assert np.corrcoef(panel(sheet, 0).ravel(), want.ravel())[0, 1] > 0.98
+  np.testing.assert_array_equal(panel(sheet, 0), panel(other, 0))
+  # The assignment: 0.45 x the image + 0.55 x each 16 px patch's token colour, by hand,
+  # for the loaded weights' tokens; the token numbers drawn on it cover the rest.
+  image = panel(sheet, 0)
+  tokens = np.argmax(maps_of(loaded, None)[0][0], axis=0)  # (6, 6): the strongest token
+  colour = np.kron(visualize.palette(16)[tokens], np.ones((16, 16, 1)))
+  same = (panel(sheet, 1) == np.floor(0.45 * image + 0.55 * colour)).all(-1)
+  assert 0.7 < same.mean() < 1, same.mean()
+  # Token maps: not blank, and the loaded weights draw other maps than an untrained model.
+  maps = np.concatenate([panel(sheet, k) for k in range(2, 18)])
+  assert maps.std() > 10
+  assert np.abs(maps - np.concatenate([panel(other, k) for k in range(2, 18)])).mean() > 10
