@@ -1,9 +1,8 @@
-"""Fault injection, in process on a tiny STViT and the embedded digits: a NaN at a
-given step (never saved; the first bad step named; skip mode rides through), a
-corrupt newest checkpoint in several ways (set aside, the previous one restored),
-config changes on resume, replayed metric rows, summary.json kept on a rerun,
-nothing written for a bad init_from. The subprocess faults (disk full through a
-file-size limit, SIGINT, a kill during a save) are at the end, marked slow."""
+"""Fault injection, in process on a tiny STViT and the embedded digits: a NaN at a given
+step (never saved; the first bad step named; skip mode rides through), a corrupt newest
+checkpoint in several ways (set aside, the previous one restored), config changes on
+resume, replayed metric rows, summary.json kept on a rerun, nothing written for a bad
+init_from. Subprocess faults (disk full, SIGINT, a kill during a save) last, slow."""
 import glob
 import json
 import os
@@ -282,18 +281,6 @@ def environment():
   return dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
 
 
-def without_compilation_cache():
-  """The environment for a process under a file-size limit, which also runs with
-  --config.compilation_cache_dir= (off): no XLA cache, whose entries it would write
-  truncated (the cache's writes fail like any other). JAX then warns, on reading such
-  an entry, "Error reading persistent compilation cache entry ...: error: Error -5
-  while decompressing data" (zlib's exception is named `error`): an `error:` line that
-  is not ours."""
-  env = environment()
-  env.pop('JAX_COMPILATION_CACHE_DIR', None)
-  return env
-
-
 def _limit_file_size():
   import resource  # pylint: disable=g-import-not-at-top
   signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
@@ -309,25 +296,24 @@ def _frames(traceback_text):
 
 @pytest.mark.slow
 def test_disk_full_is_reported_at_once_in_one_message(finished, data_dir, tmp_path):
-  """A filesystem that refuses the checkpoint's data files (16 KiB file-size limit: this
-  model's params and optimizer data files are 20-56 KiB; metrics, config and TensorBoard
-  files stay under 8 KiB until step 20): the first failed background save stops the run
-  at once, in one line, exit 2."""
+  """A 16 KiB file-size limit refuses the checkpoint's data files (20-56 KiB; metrics,
+  config and TensorBoard files stay under 8 KiB until step 20): the first failed
+  background save stops the run at once, in one line, exit 2."""
   workdir = tmp_path / 'run'
   proc = subprocess.run(command(workdir, data_dir, '--config.total_steps=40',
                                 '--config.checkpoint_every_steps=10',
                                 '--config.log_every_steps=1',
-                                '--config.compilation_cache_dir='),
-                        cwd=ROOT, env=without_compilation_cache(), capture_output=True,
-                        text=True, preexec_fn=_limit_file_size, timeout=600)
+                                '--config.compilation_cache_dir='),  # (its reads of
+                        # entries truncated by the limit print JAX's own "error: Error -5")
+                        cwd=ROOT, env=environment(), capture_output=True, text=True,
+                        preexec_fn=_limit_file_size, timeout=600)
   assert proc.returncode == cli.USAGE, proc.stderr[-3000:]
   # tensorstore's threads may print just before our line without a newline: find our
   # `error:` anywhere on a line, but not a library's `zlib.error: ...` in its traceback
   errors = [m.group(0) for m in re.finditer(r'(?<![\w.])error: .*', proc.stderr)]
   assert len(errors) == 1 and 'saving a checkpoint to' in errors[0], proc.stderr[-3000:]
-  # No traceback through our code. tensorstore still prints 'Event loop is closed'
-  # tracebacks from its own threads, for writes pending when orbax gave up (not
-  # logging records: they cannot be filtered); orbax's logged ones are trimmed.
+  # No traceback through our code (tensorstore's threads still print 'Event loop is closed'
+  # ones for writes pending when orbax gave up; orbax's logged ones are trimmed).
   frames = [_frames(t) for t in proc.stderr.split('Traceback (most recent call last):\n')[1:]]
   ours = [f for f in frames for line in f.splitlines() if line.strip().startswith('File "')
           and ('/stvit_jax/' in line or '/orbax/' in line)]
