@@ -32,6 +32,25 @@ from launch_harness import (FAKE_GCLOUD, FAKE_PYTHON3, FAKE_TRAINER, FAKE_UV, LA
                             Launcher, git, write_exe)
 
 
+# Optional dependencies whose tests must run, not skip (.ci/run: 'torch,timm'): a skip
+# for want of one of them is reported as a failure, so CI cannot lose those tests quietly.
+REQUIRED = [m for m in os.environ.get('STVIT_JAX_REQUIRE', '').split(',') if m]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  outcome = yield
+  report = outcome.get_result()
+  if not (REQUIRED and report.skipped and call.excinfo is not None):
+    return
+  reason = str(call.excinfo.value)
+  missing = [m for m in REQUIRED if f"'{m}'" in reason or reason.startswith(f'{m}:')]
+  if missing:
+    report.outcome = 'failed'
+    report.longrepr = (f'{item.nodeid}: skipped for want of {", ".join(missing)}, which '
+                       f'STVIT_JAX_REQUIRE={",".join(REQUIRED)} requires: {reason}')
+
+
 _started = None  # the processes the running test has started (None outside tests)
 _popen_init = subprocess.Popen.__init__
 
