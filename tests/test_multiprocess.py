@@ -35,16 +35,18 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch(workdir, data_dir, *extra, processes=1, devices=8, env=None, only=None):
+def launch(workdir, data_dir, *extra, processes=1, devices=8, env=None, only=None,
+           program=('-m', 'stvit_jax.main')):
   """`processes` trainers sharing one coordinator, `devices` fake CPU devices each
-  (`only`: start just these process ids)."""
+  (`only`: start just these process ids; `program`: the interpreter's arguments that
+  run the trainer)."""
   port, procs = free_port(), []
   for i in range(processes) if only is None else only:
     e = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
          'JAX_PLATFORMS': 'cpu', **TIMEOUTS, **(env or {})}
     dist = ([f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}',
              f'--process_id={i}'] if processes > 1 else [])
-    cmd = [sys.executable, '-m', 'stvit_jax.main', '--config=configs/quickstart.py',
+    cmd = [sys.executable, *program, '--config=configs/quickstart.py',
            f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *TINY, *dist, *extra]
     log = open(f'{workdir}.{i}.log', 'w')
     procs.append(subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=log, stderr=subprocess.STDOUT))

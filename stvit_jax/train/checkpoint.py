@@ -154,12 +154,14 @@ class Checkpointer:
     steps = sorted(self.manager.all_steps(), reverse=True)
     for i, step in enumerate(steps):
       after = steps[i + 1] if i + 1 < len(steps) else None  # what is tried next
+      saved, error = None, None
       try:
         with _quiet_orbax():
           saved = self.manager.restore(step, args=ocp.args.Composite(
               meta=ocp.args.JsonRestore())).meta
       except Exception as e:  # pylint: disable=broad-except
-        failures.append(self._set_aside(step, e, after))
+        error = e
+      if self._failed_somewhere(step, error, after, failures):
         continue
       check_same_model(saved, meta, self.directory)
       changed, refusal = runconfig.check_resume(saved.get('config'), meta.get('config'),
@@ -173,13 +175,23 @@ class Checkpointer:
         with _quiet_orbax():
           state = self._restore_state(step, abstract_state, saved)
       except Exception as e:  # pylint: disable=broad-except
-        failures.append(self._set_aside(step, e, after))
+        error = e
+      if self._failed_somewhere(step, error, after, failures):
         continue
       return state
     if failures:
       raise CheckpointError(f'no checkpoint in {self.directory} is readable: '
                                 + '; '.join(failures))
     return None
+
+  def _failed_somewhere(self, step, error, after, failures):
+    """Whether reading `step` failed on any process (`error`: this one's, or None); if
+    so, every process sets it aside together and tries `after`."""
+    failed = _processes_failing(error is not None)
+    if failed:
+      error = error or RuntimeError(f'unreadable on process(es) {failed}')
+      failures.append(self._set_aside(step, error, after))
+    return bool(failed)
 
   def _restore_state(self, step, abstract_state, saved):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
@@ -227,6 +239,20 @@ class Checkpointer:
     for sig, handler in self._previous_handlers.items():
       signal.signal(sig, handler)
     self._previous_handlers = {}
+
+
+def _processes_failing(failed_here):
+  """The ids of the processes whose restore of a step failed ([] when all read it).
+
+  Every process reads its own shards, so a damaged file, a flaky mount or a host's own
+  failure can break the read on one host only; if each acted alone, one process would
+  resume from step N and another from an earlier step (or wait for it forever in the next
+  collective). One all-gather of a flag makes the decision common."""
+  if jax.process_count() == 1:
+    return [0] if failed_here else []
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.asarray([failed_here], np.int32))
+  return [int(i) for i in np.flatnonzero(np.asarray(flags).reshape(-1))]
 
 
 def all_finite(tree):
