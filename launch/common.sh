@@ -238,7 +238,7 @@ validate() {
       die "--name=$NAME: with --num_slices=$NUM_SLICES the last node is $last, longer than a TPU name's 63 characters; shorten --name"
   fi
   if [[ -n $SLICE ]]; then
-    [[ $SLICE == all || ( $SLICE =~ ^[0-9]+$ && $SLICE -lt $NUM_SLICES ) ]] ||
+    [[ $SLICE == all || ( $SLICE =~ ^(0|[1-9][0-9]{0,3})$ && $SLICE -lt $NUM_SLICES ) ]] ||
       die "--slice=$SLICE: expected a slice number 0 .. $((NUM_SLICES - 1)) (--num_slices=$NUM_SLICES) or all"
   fi
   if [[ -n $BUCKET ]]; then
