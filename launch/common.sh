@@ -24,6 +24,8 @@ SHARED_FLAGS_HELP='Shared flags (every script takes them; pass the same array to
   --runtime-version V    TPU software version (default: the one for the generation)
   --spot | --reserved    capacity (default: on-demand)
   --queued               use a queued resource (queued-resources create/delete)
+  --num_slices N         N slices of --accelerator as one queued resource (Multislice; needs
+                         --queued): nodes NAME-0 .. NAME-(N-1), data parallel over DCN (default 1)
   --skip-zone-check      accept a zone missing from the known TPU zone list
   --bucket gs://NAME     bucket for the workdir (gs://NAME/RUN) and staged source
   --run RUN              run name, the workdir is gs://NAME/RUN (default: --name)
@@ -34,10 +36,10 @@ SHARED_FLAGS_HELP='Shared flags (every script takes them; pass the same array to
   -h, --help             this help'
 
 NAME='' ZONE='' PROJECT='' ACCEL='' RUNTIME='' BUCKET='' RUN='' REF=HEAD CONFIG=''
-SPOT=0 RESERVED=0 QUEUED=0 SKIP_ZONE_CHECK=0 DRY_RUN=0
+SPOT=0 RESERVED=0 QUEUED=0 SKIP_ZONE_CHECK=0 DRY_RUN=0 NUM_SLICES=1
 ENVS=() OVERRIDES=()
 # Action flags: each script lists the ones it takes in ACTION_FLAGS before parse_args.
-NO_WAIT=0 FORCE=0 RESTART=0 ENSURE=0 FOLLOW=0 NO_FOLLOW=0 WORKER=0 LINES=100
+NO_WAIT=0 FORCE=0 RESTART=0 ENSURE=0 FOLLOW=0 NO_FOLLOW=0 WORKER=0 LINES=100 SLICE=''
 ACTION_FLAGS="${ACTION_FLAGS:-}"
 TAKES_OVERRIDES="${TAKES_OVERRIDES:-0}"
 
@@ -67,9 +69,12 @@ parse_args() {
       *) flag=$arg ;;
     esac
     case "$flag" in
-      --name|--zone|--project|--accelerator|--runtime-version|--bucket|--run|--ref|--config|--env|--worker|--lines)
+      --name|--zone|--project|--accelerator|--runtime-version|--bucket|--run|--ref|--config|--env|--worker|--lines|--slice|--num_slices)
         if ((!has_val)); then
-          if (($# < 2)) || [[ $2 == -* ]]; then die "$flag needs a value; see $PROG --help"; fi
+          # A number such as -1 is a (bad) value, which validate names with the valid ones.
+          if (($# < 2)) || { [[ $2 == -* ]] && ! [[ $2 =~ ^-[0-9]+$ ]]; }; then
+            die "$flag needs a value; see $PROG --help"
+          fi
           val=$2
           shift
         fi ;;
@@ -79,7 +84,7 @@ parse_args() {
       *) die "unexpected argument '$arg' (trainer overrides go after --; see $PROG --help)" ;;
     esac
     case "$flag" in
-      --worker|--lines|--no-wait|--force|--restart|--ensure|--follow|--no-follow)
+      --worker|--lines|--slice|--no-wait|--force|--restart|--ensure|--follow|--no-follow)
         [[ " $ACTION_FLAGS " == *" $flag "* ]] ||
           die "$flag is not a flag of $PROG (its own flags: ${ACTION_FLAGS:-none}; shared flags: see --help)" ;;
     esac
@@ -96,6 +101,8 @@ parse_args() {
       --env) ENVS+=("$val") ;;
       --worker) WORKER=$val ;;
       --lines) LINES=$val ;;
+      --slice) SLICE=$val ;;
+      --num_slices) NUM_SLICES=$val ;;
       --spot) SPOT=1 ;;
       --reserved) RESERVED=1 ;;
       --queued) QUEUED=1 ;;
@@ -219,6 +226,21 @@ validate() {
     die "--runtime-version=$RUNTIME: expected a TPU software version such as v2-alpha-tpuv5-lite or tpu-ubuntu2204-base"
   fi
   ((SPOT + RESERVED <= 1)) || die "--spot and --reserved exclude each other: choose one (neither: on-demand)"
+  [[ $NUM_SLICES =~ ^[1-9][0-9]{0,3}$ ]] ||
+    die "--num_slices=$NUM_SLICES: expected a number of slices from 1 (the default: one slice) to 9999; 2 or more make a Multislice (with --queued)"
+  if ((NUM_SLICES > 1)); then
+    # Cloud TPU makes a multislice only as one queued resource (--node-count), whose nodes
+    # are NAME-0 .. NAME-(N-1): each node name must itself be a valid TPU name.
+    ((QUEUED)) ||
+      die "--num_slices=$NUM_SLICES: several slices are created as one queued resource: add --queued"
+    local last="$NAME-$((NUM_SLICES - 1))"
+    ((${#last} <= 63)) ||
+      die "--name=$NAME: with --num_slices=$NUM_SLICES the last node is $last, longer than a TPU name's 63 characters; shorten --name"
+  fi
+  if [[ -n $SLICE ]]; then
+    [[ $SLICE == all || ( $SLICE =~ ^(0|[1-9][0-9]{0,3})$ && $SLICE -lt $NUM_SLICES ) ]] ||
+      die "--slice=$SLICE: expected a slice number 0 .. $((NUM_SLICES - 1)) (--num_slices=$NUM_SLICES) or all"
+  fi
   if [[ -n $BUCKET ]]; then
     [[ $BUCKET == gs://* ]] || die "--bucket=$BUCKET: expected gs://NAME (the workers read and write the workdir on GCS)"
     local b=${BUCKET#gs://}
@@ -306,15 +328,29 @@ run() {
   ((DRY_RUN)) || "$@"
 }
 
-gcloud_args() {  # gcloud_args KIND VERB: the start of a gcloud TPU command for --name
-  GCLOUD=(gcloud compute tpus "$1" "$2" "$NAME" --zone="$ZONE")
+gcloud_args() {  # gcloud_args KIND VERB [RESOURCE]: the start of a gcloud TPU command for
+  # RESOURCE (default --name)
+  GCLOUD=(gcloud compute tpus "$1" "$2" "${3:-$NAME}" --zone="$ZONE")
   [[ -z $PROJECT ]] || GCLOUD+=(--project="$PROJECT")
 }
 
-# ssh_all WORKER SCRIPT: run SCRIPT (bash) on WORKER (a number or all) of --name.
+# node SLICE: the TPU VM (node) of slice SLICE: --name itself for one slice; for
+# --num_slices N, the queued resource's nodes NAME-0 .. NAME-(N-1) (its --node-prefix is NAME).
+node() {
+  if ((NUM_SLICES == 1)); then printf '%s' "$NAME"; else printf '%s' "$NAME-$1"; fi
+}
+
+# ssh_node SLICE WORKER SCRIPT: run SCRIPT (bash) on WORKER (a number or all) of SLICE's node.
+ssh_node() {
+  gcloud_args tpu-vm ssh "$(node "$1")"
+  run "${GCLOUD[@]}" --worker="$2" --command="$3"
+}
+
+# ssh_all WORKER SCRIPT: run SCRIPT on WORKER of every slice, one node after the other (a
+# failure stops before the next slice is touched; each command returns once it has run).
 ssh_all() {
-  gcloud_args tpu-vm ssh
-  run "${GCLOUD[@]}" --worker="$1" --command="$2"
+  local s
+  for ((s = 0; s < NUM_SLICES; s++)); do ssh_node "$s" "$1" "$2"; done
 }
 
 # describe_args: GCLOUD = the command that prints the state of --name.
@@ -380,6 +416,7 @@ profile_args() {
   ((!SPOT)) || PROFILE_ARGS+=(--spot)
   ((!RESERVED)) || PROFILE_ARGS+=(--reserved)
   ((!QUEUED)) || PROFILE_ARGS+=(--queued)
+  ((NUM_SLICES == 1)) || PROFILE_ARGS+=(--num_slices="$NUM_SLICES")
   ((!SKIP_ZONE_CHECK)) || PROFILE_ARGS+=(--skip-zone-check)
   ((!DRY_RUN)) || PROFILE_ARGS+=(--dry-run)
   local e

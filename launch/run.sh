@@ -14,7 +14,10 @@ run active refuses to start another, unless --restart (stop it first: SIGTERM to
 process group, SIGKILL after 60 s) or --ensure (leave this run alone when it is
 active or has finished with exit status 0; what launch/resume.sh uses).
 --follow: then follow worker 0'"'"'s log (launch/logs.sh). Multi-host slices get
-STVIT_JAX_INIT=1, so the trainer calls jax.distributed.initialize().'
+STVIT_JAX_INIT=1, so the trainer calls jax.distributed.initialize().
+--num_slices N > 1: started on every worker of each node NAME-0 .. NAME-(N-1), in
+turn, with STVIT_JAX_INIT=1 and the override --config.mesh.dcn_data=N (the slices
+are the data-parallel axis over DCN).'
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 parse_args "$@"
@@ -25,13 +28,29 @@ check_config
 
 workers=$(num_workers "$ACCEL")
 workdir="$BUCKET/$RUN"
-train=(python -m stvit_jax.main --config="$CONFIG" --workdir="$workdir" ${OVERRIDES[@]+"${OVERRIDES[@]}"})
+slice_args=()
+if ((NUM_SLICES > 1)); then
+  # The trainer's mesh gets one data-parallel axis across the slices (over DCN), so it must
+  # know their number; the queued resource tells JAX the rest (MEGASCALE_*: launch/README.md).
+  for o in ${OVERRIDES[@]+"${OVERRIDES[@]}"}; do
+    [[ $o != --config.mesh.dcn_data=* ]] ||
+      die "trainer override $o: launch passes --config.mesh.dcn_data=$NUM_SLICES from --num_slices=$NUM_SLICES; drop it"
+  done
+  slice_args=(--config.mesh.dcn_data="$NUM_SLICES")
+fi
+train=(python -m stvit_jax.main --config="$CONFIG" --workdir="$workdir" ${slice_args[@]+"${slice_args[@]}"}
+       ${OVERRIDES[@]+"${OVERRIDES[@]}"})
 train_line=''
 for a in "${train[@]}"; do train_line="$train_line $(dquote "$a")"; done
 exports=''
-((workers == 1)) || exports="export STVIT_JAX_INIT=1"$'\n'
+# One process per worker of every slice: more than one needs jax.distributed.initialize().
+((workers * NUM_SLICES == 1)) || exports="export STVIT_JAX_INIT=1"$'\n'
 for e in ${ENVS[@]+"${ENVS[@]}"}; do exports="${exports}export ${e%%=*}=$(dquote "${e#*=}")"$'\n'; done
-note "run $RUN on $workers worker(s) of $NAME (stvit_jax ${SHA:0:12}), workdir $workdir:"
+if ((NUM_SLICES == 1)); then
+  note "run $RUN on $workers worker(s) of $NAME (stvit_jax ${SHA:0:12}), workdir $workdir:"
+else
+  note "run $RUN on $NUM_SLICES slices x $workers worker(s) of $NAME, nodes $(node 0) .. $(node $((NUM_SLICES - 1))) (stvit_jax ${SHA:0:12}), workdir $workdir:"
+fi
 note "  ${train_line# }"
 
 runner='' on_active='' remote=''
@@ -109,5 +128,5 @@ runner=$(fill "$runner" EXPORTS="$exports" SHA="$SHA" RUN="$RUN" TRAIN="${train_
 ssh_all all "$(fill "$remote" ON_ACTIVE="$on_active" ON_FINISHED="$on_finished" SHA="$SHA" RUN="$RUN" \
   RUNNER="$runner")"
 if ((FOLLOW)); then
-  ssh_all 0 "$(logs_script)"
+  ssh_node 0 0 "$(logs_script)"  # worker 0 of slice 0, which JAX numbers process 0
 fi

@@ -8,7 +8,8 @@ USAGE='Usage: launch/setup.sh --name NAME --zone ZONE --bucket gs://B [--ref REF
 
 1. git archive REF -> gs://B/launch/src/stvit_jax-SHA.tar.gz (the exact commit, no
    uncommitted changes);
-2. on every worker (--worker=all): unpack it to ~/stvit_jax, create the venv
+2. on every worker (--worker=all; with --num_slices N, of each node NAME-0 ..
+   NAME-(N-1) in turn): unpack it to ~/stvit_jax, create the venv
    ~/stvit_venv (Python 3.11, uv), pip install -e ~/stvit_jax "jax[tpu]==PIN".
 A worker that already has SHA installed is left as it is (--force: reinstall); a
 worker with an active run refuses to reinstall.'

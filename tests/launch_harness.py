@@ -2,10 +2,12 @@
 copy in a temporary git repository with a fake `gcloud` and `gsutil` first on PATH.
 They record their argv, refuse a command or flag that tests/fixtures/gcloud_flags.json
 (the Cloud SDK reference) does not list, keep TPU states in files (describe prints
-READY, PREEMPTED, ...), and `gsutil cp` copies to a local "bucket". With FAKE_SSH_EXEC the fake
-`ssh --command=SCRIPT` runs SCRIPT with bash under a temporary HOME, against fake
-worker tools (python3 -> uv -> venv -> trainer), so the worker-side shell is executed
-too. Needs bash and git.
+READY, PREEMPTED, ...), and `gsutil cp` copies to a local "bucket". A queued resource made
+with --node-count N has the nodes PREFIX-0 .. PREFIX-(N-1) (Multislice). With FAKE_SSH_EXEC
+the fake `ssh --command=SCRIPT` runs SCRIPT with bash under a temporary HOME (with
+FAKE_NODE_HOMES, one HOME per node: HOME/nodes/NODE), against fake worker tools
+(python3 -> uv -> venv -> trainer), so the worker-side shell is executed too. Needs bash
+and git.
 """
 import json
 import os
@@ -23,6 +25,10 @@ V5E = ['--name=stvit-s', '--zone=us-west4-a', '--accelerator=v5litepod-16', '--s
        '--bucket=gs://my-bucket', '--run=deit_s', '--config=configs/deit_s.py']
 V4 = ['--name=stvit-v4', '--zone=us-central2-b', '--accelerator=v4-32', '--reserved',
       '--queued', '--bucket=gs://my-bucket', '--run=deit_s_v4', '--config=configs/deit_s.py']
+# The README's Multislice example: two v5e-16 slices, spot, one queued resource.
+SLICES = ['--name=stvit-m', '--zone=us-west4-a', '--accelerator=v5litepod-16', '--spot',
+          '--queued', '--num_slices=2', '--bucket=gs://my-bucket', '--run=deit_m',
+          '--config=configs/deit_s.py']
 
 # What each gcloud / gsutil command launch/ runs accepts, from the Cloud SDK reference
 # (its "_source" says which pages): the fakes refuse any other command or flag, as the
@@ -75,13 +81,21 @@ flags = dict(a.split('=', 1) for a in args[5:] if '=' in a)
 path = lambda k: os.path.join(state, f'{k}.{name}')
 if os.environ.get('FAKE_FAIL') == verb:
   sys.exit(f'ERROR: (gcloud.compute.tpus.{kind}.{verb}) PERMISSION_DENIED: fake failure')
-if verb != 'create' and not os.path.exists(path('tpu-vm' if verb == 'ssh' else kind)):
+nodes_file = path('nodes')  # a multislice queued resource's nodes, one a line
+if verb != 'create' and not os.path.exists(path('tpu-vm' if verb == 'ssh' and kind == 'tpu-vm'
+                                                else kind)):
   sys.exit(f"ERROR: (gcloud.compute.tpus.{kind}.{verb}) NOT_FOUND: Resource "
            f"'projects/p/locations/{flags['--zone']}/nodes/{name}' was not found")
 if verb == 'create':
   states = os.environ.get('FAKE_CREATE_STATES', 'ACTIVE' if kind == 'queued-resources' else 'READY')
   open(path(kind), 'w').write(states)
-  open(path('tpu-vm'), 'w').write('READY')
+  if '--node-count' in flags:  # Multislice: nodes PREFIX-0 .. PREFIX-(N-1), each a TPU VM
+    nodes = [f"{flags.get('--node-prefix', name)}-{i}" for i in range(int(flags['--node-count']))]
+    open(nodes_file, 'w').write('\n'.join(nodes))
+  else:
+    nodes = [name]
+  for node in nodes:
+    open(os.path.join(state, f'tpu-vm.{node}'), 'w').write('READY')
   print(f'Create request issued for: [{name}]')
 elif verb == 'describe':  # the states queued in the file, one per call; the last one stays
   states = open(path(kind)).read().split()
@@ -89,14 +103,22 @@ elif verb == 'describe':  # the states queued in the file, one per call; the las
   open(path(kind), 'w').write(' '.join(states[1:] or states))
 elif verb == 'delete':
   os.remove(path(kind))
-  if os.path.exists(path('tpu-vm')):
-    os.remove(path('tpu-vm'))
+  nodes = open(nodes_file).read().split() if os.path.exists(nodes_file) else [name]
+  for node in nodes:
+    if os.path.exists(os.path.join(state, f'tpu-vm.{node}')):
+      os.remove(os.path.join(state, f'tpu-vm.{node}'))
+  if os.path.exists(nodes_file):
+    os.remove(nodes_file)
   print(f'Deleted [{name}].')
-elif verb == 'ssh' and os.environ.get('FAKE_SSH_EXEC'):
+elif verb == 'ssh' and kind == 'tpu-vm' and os.environ.get('FAKE_SSH_EXEC'):
   env = dict(os.environ, PATH=os.environ['FAKE_WORKER_PATH'] + os.pathsep + os.environ['PATH'])
+  if os.environ.get('FAKE_NODE_HOMES'):  # each node (slice) its own disks
+    env['HOME'] = os.path.join(env['HOME'], 'nodes', name)
+    os.makedirs(env['HOME'], exist_ok=True)
   sys.exit(subprocess.run(['bash', '-c', flags['--command']], env=env).returncode)
 elif verb == 'ssh':
-  print(f"fake ssh {name} --worker={flags['--worker']}")
+  node = f" --node={flags['--node']}" if '--node' in flags else ''
+  print(f"fake ssh {name}{node} --worker={flags['--worker']}")
 else:
   sys.exit(f'fake gcloud: unexpected {args}')
 '''

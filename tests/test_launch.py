@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from launch_harness import (CREATE_V4_QUEUED, CREATE_V5E, DESCRIBE_V4_QUEUED, JAX_PIN, LAUNCH,
-                            SCRIPTS, V4, V5E, record_printed, ssh)
+                            SCRIPTS, SLICES, V4, V5E, record_printed, ssh)
 
 
 # ---------------------------------------------------------------- the scripts themselves
@@ -258,6 +258,8 @@ README_EXAMPLES = {  # the ARGS arrays of launch/README.md, with OVERRIDES
                       '--env=TFDS_DATA_DIR=gs://my-bucket/tensorflow_datasets'],
     'v4': V4[:6] + ['--run=stvit_deit_s_v4', '--config=configs/deit_s.py',
                     '--env=TFDS_DATA_DIR=gs://my-bucket/tensorflow_datasets'],
+    'slices': SLICES[:7] + ['--run=stvit_deit_s_2x', '--config=configs/deit_s.py',
+                            '--env=TFDS_DATA_DIR=gs://my-bucket/tensorflow_datasets'],
 }
 
 
@@ -286,6 +288,7 @@ def test_readme_commands_are_what_the_scripts_print(launch):
     for script in SCRIPTS:
       overrides = ['--', '--config.batch_size=1024'] if script in ('run.sh', 'resume.sh') else []
       printed += launch(script, *args, '--dry-run', *overrides, TMPDIR='/tmp').stdout
+    printed += launch('logs.sh', *args, '--worker=all', '--dry-run').stdout
   printed = printed.replace(launch.sha, 'SHA').replace(str(launch.root), '/path/to/stvit_jax')
   commands = _readme_commands()
   assert len(commands) >= 14
