@@ -70,10 +70,10 @@ def get_config(arg=None):
   # Peak 2e-3, gradients clipped at norm 1. Without stgm_residual the loss sat at ln 8 on
   # some machines and seeds (the STGM's tokens start as one vector per window,
   # docs/video.md section 2). With it, measured on seed 2 / seed 0: 1e-3 underfits in 6
-  # epochs (77.9%), 1.5e-3 too for seed 0 (73.8%), 2e-3 with clip 5 learns and then
-  # falls back to ln 8 after gradient-norm spikes of ~14 (21.3% on seed 2; Adam's b2 0.95
-  # did not hold it), 2e-3 with clip 1: 87.1% / 99.2%. Seed table:
-  # scripts/video_quickstart_seeds.py.
+  # epochs (77.9%), 1.5e-3 too for seed 0 (73.8%); 2e-3 unclipped (the Video Swin recipe
+  # clips nothing) learns, then falls back to ln 8 after gradient norms of ~14 (21.3% on
+  # seed 2; Adam's b2 0.95 did not hold it); 2e-3 clipped at 1: 87.1% / 99.2%. Seed
+  # table: scripts/video_quickstart_seeds.py.
   config.optim.lr = 2e-3 * config.optim.lr_base_batch / config.batch_size
   config.optim.grad_clip_norm = 1.0
   config.optim.warmup_lr = 1e-5

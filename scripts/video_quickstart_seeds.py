@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,8 +36,8 @@ def environment(library):
 def run(seed, library, variant, root, extra):
   config = 'configs/video_quickstart.py' + (f':{variant}' if variant else '')
   workdir = os.path.join(root, f'{variant or "default"}-{library}-seed{seed}')
-  if os.path.exists(os.path.join(workdir, 'summary.json')):
-    os.remove(os.path.join(workdir, 'summary.json'))  # a rerun must not read old numbers
+  if os.path.exists(workdir):  # a fresh run each time: never a resume or old numbers
+    shutil.rmtree(workdir)
   command = [sys.executable, '-m', 'stvit_jax.main', f'--config={config}',
              f'--config.seed={seed}', f'--workdir={workdir}', *extra]
   start = time.perf_counter()
