@@ -4,6 +4,8 @@ does, in a cell after the one tagged `parameters`; every path points into
 tmp_path). The assertions look for what each notebook is for: the picture
 written, the speed table, the accuracy line, the placement table and the
 sharded steps."""
+import json
+import math
 import os
 import re
 import sys
@@ -91,7 +93,6 @@ def tiny_stvit_weights(tmp_path, monkeypatch):
   without network, into an empty cache under tmp_path."""
   import io
   import json
-import math
   import numpy as np
   from weights_server import Server, source_state_dict
   options = dict(embed_dim=64, num_heads=2, depth=6, num_base_layers=2, img_size=96)
