@@ -80,6 +80,17 @@ def configure(model, *, attention='explicit', remat_policy='none', scan_layers=F
   return model
 
 
+def batch_norm_groups(model, groups):
+  """Sets how many groups of the batch (consecutive rows) the BatchNorm layers of `model`
+  (`layers.BatchNorm`) take their training statistics from; 1: the whole batch."""
+  if not isinstance(groups, int) or groups < 1:
+    raise ValueError(f'BatchNorm statistics groups={groups!r} must be an integer >= 1')
+  for _, module in nnx.iter_modules(model):
+    if hasattr(module, 'stat_groups'):
+      module.stat_groups = groups
+  return model
+
+
 def rematerialised(call):
   """Decorates a block's `__call__(self, *arrays, **static)`: with `self.remat_policy`
   other than 'none', the block runs under `nnx.remat` with that policy. Keyword
