@@ -13,8 +13,8 @@ interconnect (ICI) and replicated across slices; only the gradient all-reduce ov
 'data' crosses DCN. Inside a slice the device order is the topology's
 (`mesh_utils.create_device_mesh`: a ring on TPU; on CPU jax.devices() order), across
 slices `mesh_utils.create_hybrid_device_mesh`. Slices are the devices' `slice_index`
-on TPU; CPU and GPU devices have none, so there groups of consecutive processes stand
-for slices (each process one slice when dcn_data equals the process count).
+on TPU; on CPU and GPU (no slice_index, or 0 for all) groups of consecutive processes
+stand for slices (each process one slice when dcn_data equals the process count).
 """
 from __future__ import annotations
 
@@ -54,8 +54,10 @@ def mesh_shape(config, num_devices, dcn=1):
 
 
 def _granules(devices):
-  """('slice_index' | 'process_index', [devices of each value, in order of the value])."""
-  attr = 'slice_index' if hasattr(devices[0], 'slice_index') else 'process_index'
+  """('slice_index' | 'process_index', [devices of each value, in order of the value]).
+  Only TPU slice indices count: CPU devices of a multi-process run have slice_index 0."""
+  tpu = devices[0].platform == 'tpu' and hasattr(devices[0], 'slice_index')
+  attr = 'slice_index' if tpu else 'process_index'
   groups = collections.defaultdict(list)
   for d in devices:
     groups[getattr(d, attr)].append(d)
@@ -95,20 +97,25 @@ def slices(config, devices):
 
 
 def device_grid(config, devices):
-  """The (data, fsdp) array of `devices` for `config.mesh` (see the module docstring)."""
+  """The (data, fsdp) array of `devices` for `config.mesh` (see the module docstring).
+  A shape the slice's physical axes cannot take whole splits one of them (as any reshape
+  could, before meshes followed the topology) rather than failing."""
   devices = list(devices)
   groups = slices(config, devices)
   n = len(groups)
   data, fsdp = mesh_shape(config, len(devices), n)
   if n == 1:
-    return mesh_utils.create_device_mesh((data, fsdp), devices)
+    return mesh_utils.create_device_mesh((data, fsdp), devices, allow_split_physical_axes=True)
   attr, granules = _granules(devices)
   if len(granules) == n:
     return mesh_utils.create_hybrid_device_mesh((data // n, fsdp), (n, 1), devices,
-                                                process_is_granule=attr == 'process_index')
+                                                process_is_granule=attr == 'process_index',
+                                                allow_split_physical_axes=True)
   # Several processes per slice (CPU, GPU): create_hybrid_device_mesh's stacking of
   # per-slice meshes, over our groups of processes.
-  return np.concatenate([mesh_utils.create_device_mesh((data // n, fsdp), g) for g in groups])
+  return np.concatenate([mesh_utils.create_device_mesh((data // n, fsdp), g,
+                                                       allow_split_physical_axes=True)
+                         for g in groups])
 
 
 def make_mesh(config, devices=None):
