@@ -33,6 +33,12 @@ scan_layers   (big_vision's `scan`) False: a Python loop over the blocks (the de
               scanned stage's weights). Each block's drop-path stream advances as
               in the loop, so training draws the same masks.
 
+batch_norm_groups  (not a model option: the trainer sets it from the mesh and
+              config.mesh.batch_norm; `layers.BatchNorm` modules hold `stat_groups`)
+  1           training statistics of the whole batch (nnx.BatchNorm's)
+  G           each of G consecutive groups of rows (a multi-slice mesh's slices)
+              normalised by its own statistics: same parameters, other values
+
 Blocks opt in by holding `attention_impl` (attention modules) or `remat_policy`
 (blocks, whose `__call__` is wrapped with `rematerialised`); stages by holding
 `scan_layers` and running their blocks with `run_blocks`. `configure` sets them on

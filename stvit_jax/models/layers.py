@@ -30,8 +30,10 @@ class BatchNorm(nnx.BatchNorm):
   the batch's rows form G equal consecutive groups, each normalised by its own mean and
   variance, and the running statistics move toward the groups' average (timm's
   `distribute_bn` averaging of per-replica statistics). The trainer makes the groups the
-  slices of a multi-slice mesh, whose rows are consecutive: no all-reduce over the
-  data-center network in the forward pass. G = 1 is nnx.BatchNorm itself."""
+  slices of a multi-slice mesh, whose rows are consecutive: the statistics' all-reduces
+  (forward and backward) stay inside a slice; only the running statistics' update, C
+  numbers per layer that nothing later in the step reads, averages across slices.
+  G = 1 is nnx.BatchNorm itself."""
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)

@@ -130,7 +130,8 @@ def layout(config=None):
     if shape[1] > 1:  # which devices share parameters: the mesh's rows holding ours
       rows = [[d.id for d in row] for row in sharding.device_grid(config, jax.devices())
               if any(d in local for d in row)]
-      text += f', fsdp groups {rows[:8]}' + (f' and {len(rows) - 8} more' if len(rows) > 8 else '')
+      more = f' and {len(rows) - 8} more' if len(rows) > 8 else ''
+      text += f', fsdp groups {rows[:8]}{more}'
   except ValueError as e:  # train.py reports it with the whole config check
     text += f'), mesh invalid: {e}'
   return text

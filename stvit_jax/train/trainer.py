@@ -182,7 +182,8 @@ def build(config, mesh, batch_spec, *, steps_per_epoch, cpu_library=None):
   schedule = optim.learning_rate(config, steps.total, steps.warmup)
   tx = optim.make(config, schedule)
   model = nnx.eval_shape(lambda: create_model(config))
-  execution.batch_norm_groups(model, batch_norm_groups(config, mesh))  # the train step's
+  # BatchNorm statistics per slice (config.mesh.batch_norm), carried by the graphdef
+  execution.batch_norm_groups(model, batch_norm_groups(config, mesh))
   graphdef, abs_params, _, abs_rngs = split(model)
   rngs = placeholder_rngs(abs_rngs)
   apply = make_apply(graphdef, rngs)
