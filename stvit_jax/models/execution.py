@@ -33,6 +33,12 @@ scan_layers   (big_vision's `scan`) False: a Python loop over the blocks (the de
               scanned stage's weights). Each block's drop-path stream advances as
               in the loop, so training draws the same masks.
 
+batch_norm_groups  (not a model option: the trainer sets it from the mesh and
+              config.mesh.batch_norm; `layers.BatchNorm` modules hold `stat_groups`)
+  1           training statistics of the whole batch (nnx.BatchNorm's)
+  G           each of G consecutive groups of rows (a multi-slice mesh's slices)
+              normalised by its own statistics: same parameters, other values
+
 Blocks opt in by holding `attention_impl` (attention modules) or `remat_policy`
 (blocks, whose `__call__` is wrapped with `rematerialised`); stages by holding
 `scan_layers` and running their blocks with `run_blocks`. `configure` sets them on
@@ -77,6 +83,17 @@ def configure(model, *, attention='explicit', remat_policy='none', scan_layers=F
       module.remat_policy = remat_policy
     if hasattr(module, 'scan_layers'):
       module.scan_layers = scan_layers
+  return model
+
+
+def batch_norm_groups(model, groups):
+  """Sets how many groups of the batch (consecutive rows) the BatchNorm layers of `model`
+  (`layers.BatchNorm`) take their training statistics from; 1: the whole batch."""
+  if not isinstance(groups, int) or groups < 1:
+    raise ValueError(f'BatchNorm statistics groups={groups!r} must be an integer >= 1')
+  for _, module in nnx.iter_modules(model):
+    if hasattr(module, 'stat_groups'):
+      module.stat_groups = groups
   return model
 
 

@@ -24,6 +24,46 @@ def linear(cin, cout, *, dtype, rngs, use_bias=True):
                     kernel_init=dense_init, rngs=rngs)
 
 
+class BatchNorm(nnx.BatchNorm):
+  """nnx.BatchNorm (same parameters and statistics) whose training statistics may come
+  from groups of the batch: with `stat_groups` G > 1 (`execution.batch_norm_groups`),
+  the batch's rows form G equal consecutive groups, each normalised by its own mean and
+  variance, and the running statistics move toward the groups' average (timm's
+  `distribute_bn` averaging of per-replica statistics). The trainer makes the groups the
+  slices of a multi-slice mesh, whose rows are consecutive: the statistics' all-reduces
+  (forward and backward) stay inside a slice; only the running statistics' update, C
+  numbers per layer that nothing later in the step reads, averages across slices.
+  G = 1 is nnx.BatchNorm itself."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.stat_groups = 1
+
+  def __call__(self, x, use_running_average=None, *, mask=None):
+    g = self.stat_groups
+    if g == 1 or use_running_average is not False or mask is not None:
+      return super().__call__(x, use_running_average, mask=mask)
+    if self.axis not in (-1, x.ndim - 1) or self.axis_name is not None:
+      raise ValueError('grouped BatchNorm statistics need axis=-1 and no axis_name')
+    if x.shape[0] % g:
+      raise ValueError(f'a batch of {x.shape[0]} does not split into {g} BatchNorm groups')
+    dtype = jnp.promote_types(self.dtype or x.dtype, jnp.float32)
+    xs = x.astype(dtype).reshape(g, x.shape[0] // g, *x.shape[1:])
+    axes = tuple(range(1, xs.ndim - 1))
+    mean = xs.mean(axes, keepdims=True)  # (g, 1, ..., C): E[x^2] - E[x]^2, as flax
+    var = jnp.maximum(0.0, jnp.square(xs).mean(axes, keepdims=True) - jnp.square(mean))
+    mul = jax.lax.rsqrt(var + self.epsilon)
+    if self.scale is not None:
+      mul = mul * self.scale[...].astype(dtype)
+    y = (xs - mean) * mul
+    if self.bias is not None:
+      y = y + self.bias[...].astype(dtype)
+    m, c = self.momentum, x.shape[-1]
+    for stat, batch in ((self.mean, mean), (self.var, var)):
+      stat[...] = jax.lax.stop_gradient(m * stat[...] + (1 - m) * batch.reshape(g, c).mean(0))
+    return y.reshape(x.shape).astype(self.dtype or jnp.result_type(x, self.scale, self.bias))
+
+
 def layer_norm(dim, *, eps, rngs):
   # Two-pass variance: PyTorch's LayerNorm does not use E[x^2] - E[x]^2.
   return nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32,

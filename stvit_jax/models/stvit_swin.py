@@ -64,7 +64,7 @@ class ConvBN(nnx.Module):
     self.c = nnx.Conv(cin, cout, (3, 3), strides=2, padding=1, use_bias=False,
                       dtype=dtype, rngs=rngs)
     # PyTorch momentum 0.1 is flax momentum 0.9 (weight of the old running value).
-    self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
+    self.bn = layers.BatchNorm(cout, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
 
   def __call__(self, x, *, train):
     return self.bn(self.c(x), use_running_average=not train)

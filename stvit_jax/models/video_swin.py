@@ -216,8 +216,8 @@ class ConvStem3D(nnx.Module):
         nnx.Conv(widths[i], widths[i + 1], (3, 3, 3), strides=strides[i], padding=1,
                  use_bias=False, dtype=dtype, rngs=rngs) for i in range(2)])
     # PyTorch momentum 0.1 is flax momentum 0.9, as the image stem (stvit_swin.ConvBN).
-    self.bns = nnx.List([nnx.BatchNorm(widths[i + 1], momentum=0.9, epsilon=1e-5,
-                                       dtype=jnp.float32, rngs=rngs) for i in range(2)])
+    self.bns = nnx.List([layers.BatchNorm(widths[i + 1], momentum=0.9, epsilon=1e-5,
+                                          dtype=jnp.float32, rngs=rngs) for i in range(2)])
 
   def __call__(self, clips, *, train):
     x = clips  # padding 1 with stride s gives ceil(size / s): Video Swin's padded grid

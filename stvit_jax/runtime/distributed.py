@@ -18,6 +18,7 @@ of waiting forever.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import jax
@@ -109,16 +110,28 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
 
 
 def layout(config=None):
-  """'process i of N: L local / G global devices (platform), mesh {...}'."""
+  """'process i of N: L local / G global devices (platform; local ids [..]; host H[; slice
+  s of S]), mesh {...}[ = S slices of data x fsdp]'."""
   from stvit_jax.runtime import sharding  # pylint: disable=g-import-not-at-top
+  local = jax.local_devices()
   text = (f'process {jax.process_index()} of {jax.process_count()}: '
           f'{jax.local_device_count()} local / {jax.device_count()} global devices '
-          f'({jax.devices()[0].platform}; local ids '
-          f'{[d.id for d in jax.local_devices()]})')
-  if config is not None and 'mesh' in config:
-    try:
-      shape = sharding.mesh_shape(config, jax.device_count())
-      text += f', mesh {dict(zip(sharding.AXES, shape))}'
-    except ValueError as e:  # train.py reports it with the whole config check
-      text += f', mesh invalid: {e}'
+          f'({jax.devices()[0].platform}; local ids {[d.id for d in local]}; '
+          f'host {socket.gethostname()}')
+  if config is None or 'mesh' not in config:
+    return text + ')'
+  try:
+    groups = sharding.slices(config, jax.devices())
+    mine = next(i for i, g in enumerate(groups) if local[0] in g)
+    shape = sharding.mesh_shape(config, jax.device_count(), len(groups))
+    text += f'; slice {mine} of {len(groups)}), mesh {dict(zip(sharding.AXES, shape))}'
+    if len(groups) > 1:
+      text += f' = {len(groups)} slices of data {shape[0] // len(groups)} x fsdp {shape[1]}'
+    if shape[1] > 1:  # which devices share parameters: the mesh's rows holding ours
+      rows = [[d.id for d in row] for row in sharding.device_grid(config, jax.devices())
+              if any(d in local for d in row)]
+      more = f' and {len(rows) - 8} more' if len(rows) > 8 else ''
+      text += f', fsdp groups {rows[:8]}{more}'
+  except ValueError as e:  # train.py reports it with the whole config check
+    text += f'), mesh invalid: {e}'
   return text

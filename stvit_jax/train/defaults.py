@@ -102,7 +102,14 @@ def base(model_name, *, dataset, num_classes, img_size, **model_overrides):
   # Mesh ('data', 'fsdp'); -1 takes the remaining devices. Parameters are placed by
   # the first matching (regex, rule) on their path; rule 'fsdp' shards the largest
   # dimension divisible by the fsdp size, 'replicate' replicates.
-  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # data and fsdp describe ONE slice; dcn_data is the number of slices (-1: all found;
+  # on CPU/GPU groups of processes stand for slices): the mesh's 'data' axis is
+  # dcn_data x data and only the gradient all-reduce crosses between slices
+  # (stvit_jax/runtime/sharding.py). batch_norm: where BatchNorm layers (the STViT-R and
+  # video conv stems) take their training statistics from, 'slice' (each slice's part of
+  # the batch: no traffic between slices in the forward pass) or 'global' (the whole
+  # batch: an all-reduce over DCN in every BatchNorm layer). One slice: the same.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, dcn_data=1, batch_norm='slice'))
   config.sharding_rules = (('.*', 'fsdp'),)
   return config
 

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 
 from stvit_jax.data import device_augment, mixup
+from stvit_jax.models import execution
 from stvit_jax.runtime import sharding, xla_cpu
 from stvit_jax.train import checkpoint, evaluate, health, optim
 from stvit_jax.train.functional import (create_model, input_kind, make_apply, placeholder_rngs,
@@ -180,7 +181,10 @@ def build(config, mesh, batch_spec, *, steps_per_epoch, cpu_library=None):
   steps = schedule_steps(config, steps_per_epoch)
   schedule = optim.learning_rate(config, steps.total, steps.warmup)
   tx = optim.make(config, schedule)
-  graphdef, abs_params, _, abs_rngs = split(nnx.eval_shape(lambda: create_model(config)))
+  model = nnx.eval_shape(lambda: create_model(config))
+  # BatchNorm statistics per slice (config.mesh.batch_norm), carried by the graphdef
+  execution.batch_norm_groups(model, batch_norm_groups(config, mesh))
+  graphdef, abs_params, _, abs_rngs = split(model)
   rngs = placeholder_rngs(abs_rngs)
   apply = make_apply(graphdef, rngs)
   init_state = make_init_state(config, tx)
@@ -203,8 +207,22 @@ def build(config, mesh, batch_spec, *, steps_per_epoch, cpu_library=None):
                  checkpoint.describe(config, abs_params))
 
 
+BATCH_NORM = ('slice', 'global')
+
+
+def batch_norm_groups(config, mesh):
+  """How many groups of the batch BatchNorm takes its training statistics from
+  (config.mesh.batch_norm): 'slice', one per slice of the mesh (rows are slice-major),
+  so that no statistic crosses the data-center network; 'global', the whole batch."""
+  choice = config.mesh.get('batch_norm', 'slice')
+  if choice not in BATCH_NORM:
+    raise ValueError(f'config.mesh.batch_norm={choice!r} is not one of {list(BATCH_NORM)}')
+  return sharding.num_slices(config, mesh.devices.flat) if choice == 'slice' else 1
+
+
 def check_config(config, info, mesh):
   """Fails early, naming the field, for settings that cannot work together."""
+  batch_norm_groups(config, mesh)
   for name in ('batch_size', 'eval_batch_size'):
     sharding.check_batch(name, config[name], mesh)
   accum = config.optim.grad_accum_steps
