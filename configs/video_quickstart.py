@@ -6,13 +6,13 @@
 Measured on the shared 2-core machine (the wall time varies with the machine's load,
 the accuracy with the seed and XLA:CPU's kernels; scripts/video_quickstart_seeds.py):
 
-  default  8 epochs (496 steps): seed 1 100.0%, seed 0 with YNNPACK's fusions off
-           (XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=) 81.3% top-1 on the 240
-           validation videos (3 clips each); training loop 467 and 536 s with two runs
-           and other work sharing the 2 cores. At 6 epochs: 87.1%, 79.2%, 99.2% (seeds
-           0-2), 74.2% (seed 0, no YNNPACK).
-  :frame   the same model on one repeated frame (before this recipe: 12.1% top-1,
-           63.3% top-5; chance: 12.5%, 62.5%).
+  default  8 epochs (496 steps), top-1 on the 240 validation videos (3 clips each):
+           seeds 0-3 88.8%, 100.0%, 100.0%, 71.7%; with YNNPACK's fusions off
+           (XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=) seeds 0-1 81.3%, 97.9%;
+           346-554 s a run with other work sharing the 2 cores. At 6 epochs: 87.1%,
+           79.2%, 99.2% (seeds 0-2), 74.2% (seed 0, no YNNPACK).
+  :frame   the same model on one repeated frame: 12.5% top-1, 62.5% top-5 (seeds 0
+           and 1; chance: 12.5%, 62.5%).
 
 From scratch the STGM needs `stgm_residual=True`: without it the 16 tokens of each
 window start as one vector and the loss could stay at ln 8 (docs/video.md section 2).
