@@ -7,9 +7,10 @@ Measured on the shared 2-core machine (the wall time varies with the machine's l
 the accuracy with the seed and XLA:CPU's kernels; scripts/video_quickstart_seeds.py):
 
   default  8 epochs (496 steps), top-1 on the 240 validation videos (3 clips each):
-           seeds 0-3 88.8%, 100.0%, 100.0%, 71.7%; with YNNPACK's fusions off
+           seeds 0-4 88.8%, 100.0%, 100.0%, 71.7%, 98.8%; with YNNPACK's fusions off
            (XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=) seeds 0-1 81.3%, 97.9%;
-           346-554 s a run with other work sharing the 2 cores. At 6 epochs: 87.1%,
+           188 s for the whole command on the quiet machine (seed 4), up to 554 s
+           with other work sharing the 2 cores. At 6 epochs: 87.1%,
            79.2%, 99.2% (seeds 0-2), 74.2% (seed 0, no YNNPACK).
   :frame   the same model on one repeated frame: 12.5% top-1, 62.5% top-5 (seeds 0
            and 1; chance: 12.5%, 62.5%).
