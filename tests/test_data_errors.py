@@ -15,9 +15,9 @@ import pytest
 import tensorflow as tf
 
 from stvit_jax import cli, names
-from stvit_jax.configs import quickstart
 from stvit_jax.data import pipeline, read_errors
 from stvit_jax.train import checkpoint, loop
+from test_faults import tiny_config as faults_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARD = 'stvit_digits/1.0.0/stvit_digits-train.tfrecord-00000-of-00001'
@@ -58,21 +58,8 @@ def copy_data(data_dir, tmp_path):
 
 
 def tiny_config(data_dir, **fields):
-  config = quickstart.get_config()
-  for k, v in dict(embed_dim=16, num_heads=2, depth=3, num_base_layers=1).items():
-    config.model[k] = v
-  config.data.data_dir = data_dir
-  config.data.prefetch = 1
-  config.batch_size, config.eval_batch_size = 16, 120
-  config.total_steps, config.warmup_steps = 4, 1
-  config.checkpoint_every_steps, config.eval_every_steps, config.log_every_steps = 1, 0, 1
-  for k, v in fields.items():
-    *path, last = k.split('.')
-    node = config
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return config
+  """test_faults' tiny quickstart, logging every step."""
+  return faults_config(data_dir, **{'log_every_steps': 1, **fields})
 
 
 def train(config, workdir, capsys):

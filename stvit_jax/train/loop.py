@@ -6,6 +6,7 @@ so a resumed run sees exactly the batches and random numbers of an uninterrupted
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -111,7 +112,9 @@ def train_and_evaluate(config, workdir):
     batches = data.train_iterator(config.data, global_batch_size=config.batch_size,
                                   seed=config.seed, start_step=start)  # (may fill a cache)
     while step < steps.total:
-      with compile_cache.Counts() as counts:
+      # Only the first step compiles (or loads): count there, not in every step.
+      counts = compile_cache.Counts() if step == start else contextlib.nullcontext()
+      with counts:
         state, metrics = train_step(state, sharding.to_global(next(batches), mesh))
       step += 1
       tracker.update(metrics)  # on device: no wait for the step
