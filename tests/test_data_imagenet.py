@@ -9,6 +9,7 @@ import imagenet_mock
 from stvit_jax.data import defaults
 from stvit_jax.data import device_augment
 from stvit_jax.data import pipeline
+from stvit_jax.data import preprocess
 
 NUM = {'train': 37, 'validation': 23}
 SIZE = 64  # image_size for the tests; the mock's JPEGs are 16..48 px
@@ -129,7 +130,7 @@ def test_eval_is_the_centre_crop_worked_out_by_hand(mock_imagenet, cfg):
   for example in raw.take(4):
     i = int(example['label'])
     (h, w), (top, left, side) = EVAL_WINDOWS[i]
-    full = tf.io.decode_jpeg(example['image'], channels=3)
+    full = tf.io.decode_jpeg(example['image'], channels=3, dct_method=preprocess.JPEG_DCT)
     assert tuple(full.shape[:2]) == (h, w)
     window = full[top:top + side, left:left + side]
     expected = tf.image.resize(tf.cast(window, tf.float32), [SIZE, SIZE], 'bicubic',
@@ -137,7 +138,7 @@ def test_eval_is_the_centre_crop_worked_out_by_hand(mock_imagenet, cfg):
     expected = np.clip(np.round(expected.numpy()), 0, 255)
     (row,) = np.flatnonzero(batch['label'] == i)
     got = batch['image'][row].astype(np.float64)
-    # decode_and_crop_jpeg vs a full decode then a slice: the same pixels to JPEG rounding
+    # decode_and_crop_jpeg vs a full decode then a slice, the same IDCT: the same pixels
     assert np.abs(got - expected).mean() < 1.0, (i, np.abs(got - expected).mean())
     # a window one pixel off is much further away than that
     shifted = full[top + 1:top + 1 + side, left + 1:left + 1 + side]

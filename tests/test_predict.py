@@ -62,13 +62,9 @@ def photos(tmp_path):
 def expected_input(path):
   """The model input for a photo above, by hand: the centre 64 x 64 ((h - 64) // 2 from the
   top, (w - 64) // 2 from the left), normalised with the literal constants, in float64.
-  Pixels: TensorFlow's JPEG decoder for the JPEG (Pillow's rounds differently), Pillow
-  for the rest."""
-  if str(path).endswith('.jpg'):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    pixels = tf.io.decode_jpeg(open(path, 'rb').read(), channels=3).numpy()
-  else:
-    pixels = np.asarray(Image.open(path).convert('RGB'))
+  Pixels: Pillow's, as timm reads them (the JPEG too: data/preprocess.py decodes with
+  libjpeg's accurate IDCT, which is Pillow's)."""
+  pixels = np.asarray(Image.open(path).convert('RGB'))
   h, w, _ = pixels.shape
   assert min(h, w) == 73
   top, left = (h - 64) // 2, (w - 64) // 2
