@@ -1,9 +1,9 @@
 """The tf.data service for training input: disaggregated CPU workers, same batches.
 
 With `data.service_address='grpc://dispatcher:5050'` each process sends its
-train pipeline (one job per pipeline of epochs) to a tf.data service dispatcher; the workers read the
-records (so the data_dir must be reachable from them, e.g. gs://), decode and
-augment, and stream finished uint8 batches back. The host then only feeds the
+train pipeline (a job per pipeline of epochs) to a tf.data service dispatcher;
+the workers read the records (so the data_dir must be reachable from them, e.g.
+gs://), decode and augment, and stream finished uint8 batches back. The host then only feeds the
 accelerators.
 
 Exact resume survives this: batch j of the pipeline is built by exactly one
