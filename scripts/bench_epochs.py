@@ -15,6 +15,10 @@ all threads), then per mode and set: the median batch, the first batches of epoc
 1, 2, ... (batch 0 of epoch 0 is the iterator's start-up, not counted anywhere) and
 CPU-us per image over all batches after the first. Shared machines: wall times move
 with other jobs' load, CPU times much less.
+
+--breakdown: what a new pipeline per epoch costs, piece by piece (TFDS as_dataset,
+building the epoch's dataset: tracing the transform, creating its iterator, its
+batches), for three epochs of the small set.
 """
 from __future__ import annotations
 
@@ -49,6 +53,30 @@ def time_batches(cfg, *, batch, num_batches, mode):
   return rows
 
 
+def breakdown(cfg, *, batch, epochs=3):
+  """Prints wall and CPU s of each piece of a per-epoch pipeline, `epochs` times."""
+  from stvit_jax.data import datasets, pipeline  # pylint: disable=g-import-not-at-top
+  builder = datasets.builder(cfg)
+  split = pipeline.process_split(cfg.train_split, 0, 1, drop_remainder=True)
+  steps = pipeline.steps_per_epoch(cfg, global_batch_size=batch, process_count=1)
+
+  def timed(label, fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    print(f'{label:<44} wall {time.perf_counter() - wall:6.3f} s  '
+          f'CPU {time.process_time() - cpu:6.3f} s', flush=True)
+    return out
+
+  for e in range(epochs):
+    print(f'## epoch {e}')
+    timed('TFDS as_dataset', lambda: pipeline._read(builder, split, cfg, shuffle_seed=e))  # pylint: disable=protected-access
+    ds = timed('build the epoch (traces the transform)', lambda: pipeline.train_epoch(
+        builder, cfg, split=split, epoch=e, seed=0, batch=batch, steps=steps))
+    it = timed('create its iterator (graph rewrites, start)', ds.as_numpy_iterator)
+    for j in range(steps):
+      timed(f'batch {j}', lambda: next(it))
+
+
 def summary(rows, batch):
   """{median, boundary (walls of batch 0 of epochs >= 1), cpu_us (per image after batch 0)}."""
   later = rows[1:]
@@ -68,10 +96,20 @@ def main(argv=None):
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--images', type=int, default=4096, help='images read from each set')
   parser.add_argument('--modes', default='one,per_epoch')
+  parser.add_argument('--breakdown', action='store_true',
+                      help='time the pieces of a per-epoch pipeline instead')
   args = parser.parse_args(argv)
   log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
   config = input_benchmark.load_config(args.config)
   num_batches = args.images // args.batch
+  if args.breakdown:
+    cfg = config.data.copy_and_resolve_references()
+    cfg.name, cfg.train_split = 'imagenet2012', 'train'
+    cfg.data_dir = input_benchmark.prepare(
+        os.path.join(args.data_dir, str(args.small)), num_jpegs=args.jpegs,
+        num_train=args.small, num_eval=args.batch, log=log)
+    breakdown(cfg, batch=args.batch)
+    return 0
   results = {}
   for mode in args.modes.split(','):
     for records in (args.small, args.large):
