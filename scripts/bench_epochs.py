@@ -67,9 +67,10 @@ def breakdown(cfg, *, batch, epochs=3):
           f'CPU {time.process_time() - cpu:6.3f} s', flush=True)
     return out
 
+  read = pipeline._read  # pylint: disable=protected-access
   for e in range(epochs):
     print(f'## epoch {e}')
-    timed('TFDS as_dataset', lambda: pipeline._read(builder, split, cfg, shuffle_seed=e))  # pylint: disable=protected-access
+    timed('TFDS as_dataset', lambda: read(builder, split, cfg, shuffle_seed=e))
     ds = timed('build the epoch (traces the transform)', lambda: pipeline.train_epoch(
         builder, cfg, split=split, epoch=e, seed=0, batch=batch, steps=steps))
     it = timed('create its iterator (graph rewrites, start)', ds.as_numpy_iterator)
@@ -134,7 +135,8 @@ def main(argv=None):
     s = {r: summary(results[mode, r], args.batch) for r in (args.small, args.large)}
     for r in (args.small, args.large):
       b = s[r]['boundary']
-      first = f'{1e3 * statistics.median(b):8.0f} {1e3 * max(b):8.0f}' if b else f'{"-":>8} {"-":>8}'
+      first = (f'{1e3 * statistics.median(b):8.0f} {1e3 * max(b):8.0f}' if b
+               else f'{"-":>8} {"-":>8}')
       ratio = f'{statistics.median(b) / s[r]["median"]:8.2f}' if b else f'{"-":>8}'
       print(f'{mode:<10} {r:7d} {1e3 * s[r]["median"]:9.0f} {first:>29} {ratio} '
             f'{s[r]["cpu_us"]:10.0f}')
