@@ -148,14 +148,15 @@ def test_repaired_data_resumes_exactly(when, data_dir, tmp_path, capsys, monkeyp
   reference = str(tmp_path / 'uninterrupted')
   assert train(config, reference, capsys)[0] == cli.OK
   workdir = str(tmp_path / 'run')
-  if when == 'mid_run':
-    epoch_of = pipeline.train_epoch
+  if when == 'mid_run':  # one pipeline per epoch, so that epoch 1 starts after the damage
+    epochs_of = pipeline.train_epochs
 
     def damaging(*args, **kwargs):
       if kwargs['epoch'] == 1:
         flip(shard, 10_000)  # inside the first 64 records
-      return epoch_of(*args, **kwargs)
-    monkeypatch.setattr(pipeline, 'train_epoch', damaging)
+      return epochs_of(*args, **kwargs)
+    monkeypatch.setattr(pipeline, 'EPOCHS_PER_PIPELINE', 1)
+    monkeypatch.setattr(pipeline, 'train_epochs', damaging)
   else:  # a run stopped after its step-4 checkpoint (the rows it logged are replayed)
     shutil.copytree(reference, workdir)
     shutil.rmtree(os.path.join(workdir, 'checkpoints', '8'))

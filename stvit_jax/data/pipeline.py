@@ -1,10 +1,12 @@
 """TFDS input pipelines: per-process shards, deterministic and resumable by step.
 
 The batch for global step t depends only on (config, seed, t, process layout):
-epoch e = t // steps_per_epoch is a fresh tf.data pipeline whose file order and
-shuffle use seed f(seed, e); already consumed records are skipped before they
-are decoded; every example's augmentation is seeded by (seed, e, process,
-position in the epoch). So resuming is rebuilding with `start_step`.
+epoch e = t // steps_per_epoch reads the records in a file order and shuffle
+seeded by f(seed, e); already consumed records are skipped before they are
+decoded; every example's augmentation is seeded by (seed, e, process, position
+in the epoch). So resuming is rebuilding with `start_step`. One tf.data pipeline
+runs the epochs in turn (`train_epochs`, seeds as tensors), so an epoch boundary
+costs no new pipeline: no transform tracing, no start-up.
 
 What a dataset is (builder, per-example transforms, example spec) is its row in
 `datasets.DATASETS`; everything here is the same for every row.
@@ -195,42 +197,68 @@ def _read(builder, split, cfg=None, *, shuffle_seed=None):
                             decoders=skip, read_config=read_config)
 
 
-def train_epoch(builder, cfg, *, split, epoch, seed, batch, steps, start_batch=0,
-                process_index=0, records=None, keep=(0, 1), prep=None):
-  """Batches [start_batch, steps) of one epoch of this process's share, as a tf.data.Dataset.
+EPOCHS_PER_PIPELINE = 1000  # epochs one tf.data pipeline spans (its seed table's length)
 
+
+def _epoch_seeds(seed, process_index, epochs):
+  """int64 (len(epochs), 3): each epoch's shuffle seed and example seed base (the
+  per-epoch definition's seeds, computed here so the pipeline takes them as tensors)."""
+  return np.array([[_seed(seed, e), _seed(seed, e, process_index, 1),
+                    _seed(seed, e, process_index, 2)] for e in epochs], np.int64)
+
+
+def train_epochs(builder, cfg, *, split, epoch, seed, batch, steps, epochs=1, start_batch=0,
+                 process_index=0, records=None, keep=(0, 1), prep=None):
+  """Batches [start_batch, steps) of epoch `epoch`, then all batches of the next
+  epochs - 1 epochs, of this process's share: one tf.data.Dataset.
+
+  Every epoch is the per-epoch definition (module docstring): its own read in file order
+  shuffle_seed = f(seed, e), shuffle, take and skip, before anything is decoded; one
+  flat_map runs them in turn with each epoch's seeds as tensors, so the transform is
+  traced and the pipeline started once for all `epochs`, not at every epoch boundary.
   keep=(i, n): the stream is of global batches of n * batch records, of which this
   process keeps rows [i * batch, (i + 1) * batch) (data.shard_by='global').
   prep(record, seed) -> example dict (default: the dataset table's train transform).
   """
-  shuffle_seed = _seed(seed, epoch)
-  ds = records if records is not None else _read(builder, split, cfg, shuffle_seed=shuffle_seed)
-  ds = ds.shuffle(cfg.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
   rows = batch * keep[1]
-  ds = ds.take(steps * rows).enumerate().skip(start_batch * rows)  # skip before decoding
-  if keep[1] > 1:
-    mine, size = np.int64(keep[0]), np.int64(batch)
-    ds = ds.filter(lambda position, ex: (position % rows) // size == mine)
-  base = tf.constant([_seed(seed, epoch, process_index, 1), _seed(seed, epoch, process_index, 2)],
-                     tf.int64)
+  mine, size = np.int64(keep[0]), np.int64(batch)
+  first_skip = np.int64(start_batch * rows)
+
+  def one_epoch(index, seeds):  # -> (example seed base, position in the epoch, record)
+    ds = records if records is not None else _read(builder, split, cfg, shuffle_seed=seeds[0])
+    ds = ds.shuffle(cfg.shuffle_buffer, seed=seeds[0], reshuffle_each_iteration=False)
+    skip = tf.where(index == 0, first_skip, np.int64(0))
+    ds = ds.take(steps * rows).enumerate().skip(skip)  # skip before decoding
+    if keep[1] > 1:
+      ds = ds.filter(lambda position, ex: (position % rows) // size == mine)
+    return ds.map(lambda position, ex: (seeds[1:], position, ex))
+
+  table = _epoch_seeds(seed, process_index, range(epoch, epoch + epochs))
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(epochs, dtype=np.int64), table))
+  ds = ds.flat_map(one_epoch)
   if prep is None:
     prep = datasets.get(cfg.name).train_transform(cfg, builder)
 
-  def seeded(position, ex):
+  def seeded(base, position, ex):
     return prep(ex, tf.random.experimental.stateless_fold_in(base, position))
 
   prefetch = cfg.prefetch or tf.data.AUTOTUNE
   address = cfg.get('service_address')
   if address:  # workers build whole batches, tagged with their number (data/service.py)
     ds = service.shard_batches(ds, batch).map(
-        lambda index, position, ex: dict(seeded(position, ex), batch_index=index),
+        lambda index, base, position, ex: dict(seeded(base, position, ex), batch_index=index),
         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True).prefetch(prefetch).with_options(_options(cfg))
     ds = service.distribute(ds, address, job=f'train-s{seed}-p{process_index}-e{epoch}')
     return ds.prefetch(prefetch)
   ds = ds.map(seeded, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.batch(batch, drop_remainder=True)  # epochs hold whole batches: none spans two
   return ds.prefetch(prefetch).with_options(_options(cfg))
+
+
+def train_epoch(builder, cfg, **kwargs):
+  """Batches [start_batch, steps) of one epoch: `train_epochs` with epochs=1."""
+  return train_epochs(builder, cfg, epochs=1, **kwargs)
 
 
 def batch_spec(cfg, batch_size, input_kind='image'):
@@ -276,16 +304,17 @@ def train_iterator(cfg, *, global_batch_size, seed, start_step=0, process_index=
 
   def batches():  # a damaged shard or example stops the run naming it (read_errors)
     e, j = epoch, start_batch
-    while True:
-      ds = train_epoch(builder, cfg, split=split, epoch=e, seed=seed, batch=b, steps=steps,
-                       start_batch=j, process_index=seed_index, records=records, keep=keep,
-                       prep=prep)
+    while True:  # one pipeline per EPOCHS_PER_PIPELINE epochs
+      count = EPOCHS_PER_PIPELINE
+      ds = train_epochs(builder, cfg, split=split, epoch=e, seed=seed, batch=b, steps=steps,
+                        epochs=count, start_batch=j, process_index=seed_index, records=records,
+                        keep=keep, prep=prep)
       if cfg.get('service_address'):  # batches arrive interleaved across workers
-        yield from read_errors.named(service.in_order(ds.as_numpy_iterator(), 0, steps - j),
-                                     cfg, builder, split)
+        yield from read_errors.named(
+            service.in_order(ds.as_numpy_iterator(), 0, count * steps - j), cfg, builder, split)
       else:
         yield from read_errors.named(ds.as_numpy_iterator(), cfg, builder, split)
-      e, j = e + 1, 0
+      e, j = e + count, 0
 
   return batches()
 

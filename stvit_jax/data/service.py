@@ -1,12 +1,12 @@
 """The tf.data service for training input: disaggregated CPU workers, same batches.
 
 With `data.service_address='grpc://dispatcher:5050'` each process sends its
-per-epoch train pipeline to a tf.data service dispatcher; the workers read the
-records (so the data_dir must be reachable from them, e.g. gs://), decode and
-augment, and stream finished uint8 batches back. The host then only feeds the
+train pipeline (a job per pipeline of epochs) to a tf.data service dispatcher;
+the workers read the records (so the data_dir must be reachable from them, e.g.
+gs://), decode and augment, and stream finished uint8 batches back. The host then only feeds the
 accelerators.
 
-Exact resume survives this: batch j of the epoch is built by exactly one
+Exact resume survives this: batch j of the pipeline is built by exactly one
 worker, from the same records and per-example seeds as without the service
 (the stream is sharded by whole batches with `ShardingPolicy.HINT`, after the
 shuffle/skip and before any decoding), and `in_order` restores the order in
@@ -21,12 +21,13 @@ SERVICE = tf.data.experimental.service
 
 
 def shard_batches(ds, batch):
-  """(position, record) elements -> this worker's groups of `batch` consecutive ones, each
-  element tagged with its batch number; the shard is decided before anything is decoded."""
+  """Elements (tuples: position, record, ...) -> this worker's groups of `batch` consecutive
+  ones, each element tagged with its batch number first; the shard is decided before
+  anything is decoded."""
   ds = ds.batch(batch, drop_remainder=True).enumerate()
   ds = ds.shard(tf.data.experimental.SHARD_HINT, tf.data.experimental.SHARD_HINT)  # -> (workers, i)
   return ds.flat_map(lambda index, group: tf.data.Dataset.from_tensor_slices(group).map(
-      lambda position, ex: (index, position, ex)))
+      lambda *element: (index, *element)))
 
 
 def distribute(ds, address, job):
