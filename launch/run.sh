@@ -38,8 +38,15 @@ if ((NUM_SLICES > 1)); then
   done
   slice_args=(--config.mesh.dcn_data="$NUM_SLICES")
 fi
-train=(python -m stvit_jax.main --config="$CONFIG" --workdir="$workdir" ${slice_args[@]+"${slice_args[@]}"}
-       ${OVERRIDES[@]+"${OVERRIDES[@]}"})
+# XLA's compilation cache in the bucket, beside the runs: every worker, every slice and
+# every restart of a run (and of any run of the same programs) reads the train and eval
+# steps back instead of compiling them again. Only compiles of 1 s or more are kept
+# there: the model's hundreds of sub-second initialiser compiles would be one bucket
+# round trip each. A trainer override (after these) changes either.
+cache_args=(--config.compilation_cache_dir="$BUCKET/xla_cache"
+            --config.compilation_cache_min_compile_secs=1)
+train=(python -m stvit_jax.main --config="$CONFIG" --workdir="$workdir" "${cache_args[@]}"
+       ${slice_args[@]+"${slice_args[@]}"} ${OVERRIDES[@]+"${OVERRIDES[@]}"})
 train_line=''
 for a in "${train[@]}"; do train_line="$train_line $(dquote "$a")"; done
 exports=''

@@ -143,7 +143,7 @@ def test_run_command_on_all_workers(launch):
                      '--config.batch_size=4096', '--config.model.dtype=bfloat16')
   assert call[:8] == ssh('stvit-s', 'us-west4-a', 'all', '')[:8]
   remote = call[8][len('--command='):]
-  assert ('python -m stvit_jax.main --config=configs/deit_s.py --workdir=gs://my-bucket/deit_s '
+  assert ('python -m stvit_jax.main --config=configs/deit_s.py --workdir=gs://my-bucket/deit_s --config.compilation_cache_dir=gs://my-bucket/xla_cache --config.compilation_cache_min_compile_secs=1 '
           '--config.batch_size=4096 --config.model.dtype=bfloat16\n') in remote
   assert 'export STVIT_JAX_INIT=1\n' in remote  # v5litepod-16: 4 hosts
   assert 'export TFDS_DATA_DIR=gs://my-bucket/tfds\n' in remote
@@ -161,7 +161,7 @@ def test_run_single_host_has_no_distributed_init(launch):
   launch.set_state('tpu-vm', 'one', 'READY')
   _, call = _run_ssh(launch, args)
   assert 'STVIT_JAX_INIT' not in call[8]
-  assert ('python -m stvit_jax.main --config=configs/deit_s.py:baseline --workdir=gs://b-1/one\n'
+  assert ('python -m stvit_jax.main --config=configs/deit_s.py:baseline --workdir=gs://b-1/one --config.compilation_cache_dir=gs://b-1/xla_cache --config.compilation_cache_min_compile_secs=1\n'
           in call[8])  # --run defaults to --name
 
 
@@ -229,7 +229,7 @@ def test_run_follow_and_logs(launch):
     ('run.sh', V5E[:-1], '--config is required'),
     ('run.sh', V5E + ['--', '--batch_size=4'],
      'trainer override --batch_size=4: expected --config.a.b=value'),
-    ('run.sh', V5E + ['--', '--workdir=gs://x/y'],
+    ('run.sh', V5E + ['--', '--workdir=gs://x/y', '--config.compilation_cache_dir=gs://x/xla_cache', '--config.compilation_cache_min_compile_secs=1'],
      '--workdir comes from --bucket/--run'),
     ('run.sh', V5E + ['--env=1X=2'], '--env=1X=2: expected KEY=VALUE'),
     ('run.sh', V5E + ['--restart', '--ensure'], '--restart and --ensure exclude each other'),

@@ -100,7 +100,7 @@ def test_run_every_worker_of_every_slice(launch):
   assert calls[2] == ssh('stvit-m-0', ZONE, 0, TAIL)
   for call in calls[:2]:
     remote = call[8][len('--command='):]
-    assert ('python -m stvit_jax.main --config=configs/deit_s.py --workdir=gs://my-bucket/deit_m '
+    assert ('python -m stvit_jax.main --config=configs/deit_s.py --workdir=gs://my-bucket/deit_m --config.compilation_cache_dir=gs://my-bucket/xla_cache --config.compilation_cache_min_compile_secs=1 '
             '--config.mesh.dcn_data=2 --config.batch_size=4096\n') in remote
     assert 'export STVIT_JAX_INIT=1\n' in remote and 'MEGASCALE' not in remote
   assert calls[0][8] == calls[1][8]
@@ -156,7 +156,7 @@ def test_worker_side_on_two_slices(launch):
       subprocess.run(['sleep', '0.05'], check=True)
     assert status.read_text() == '0\n', n
   argv = (launch.state / 'train.argv').read_text().split('\0')[:-1]
-  assert argv[2:] == ['--config=configs/deit_s.py', '--workdir=gs://my-bucket/deit_m',
+  assert argv[2:] == ['--config=configs/deit_s.py', '--workdir=gs://my-bucket/deit_m', '--config.compilation_cache_dir=gs://my-bucket/xla_cache', '--config.compilation_cache_min_compile_secs=1',
                       '--config.mesh.dcn_data=2']
   assert 'STVIT_JAX_INIT=1\n' in (launch.state / 'train.env').read_text()
   # Both finished with status 0: --ensure leaves each slice alone.

@@ -44,7 +44,7 @@ def test_worker_scripts_install_and_train(launch):
   assert (run / 'status').read_text() == '0\n'
   argv = (launch.state / 'train.argv').read_text().split('\0')[:-1]
   assert argv == ['-m', 'stvit_jax.main', '--config=configs/deit_s.py',
-                  '--workdir=gs://my-bucket/deit_s', *odd]  # every character arrives
+                  '--workdir=gs://my-bucket/deit_s', '--config.compilation_cache_dir=gs://my-bucket/xla_cache', '--config.compilation_cache_min_compile_secs=1', *odd]  # every character arrives
   env = (launch.state / 'train.env').read_text()
   assert f'cwd={launch.home}/stvit_jax\n' in env and 'STVIT_JAX_INIT=1\n' in env
   assert 'TFDS_DATA_DIR=gs://my bucket/$tfds\n' in env
@@ -110,7 +110,7 @@ def test_resume_recreates_a_preempted_tpu_vm(launch):
   assert 'stvit-s is PREEMPTED: deleting and re-creating it' in p.stdout
   _wait_for(launch.home / 'stvit_jax_runs' / 'deit_s' / 'status')
   argv = (launch.state / 'train.argv').read_text().split('\0')[:-1]
-  assert argv[2:] == ['--config=configs/deit_s.py', '--workdir=gs://my-bucket/deit_s',
+  assert argv[2:] == ['--config=configs/deit_s.py', '--workdir=gs://my-bucket/deit_s', '--config.compilation_cache_dir=gs://my-bucket/xla_cache', '--config.compilation_cache_min_compile_secs=1',
                       '--config.batch_size=4096']  # the same command, the same workdir
   # Ready and finished: resume only checks.
   launch.clear_calls()
@@ -132,7 +132,7 @@ def test_resume_recreates_a_suspended_queued_resource(launch):
                       '--zone=us-central2-b', '--force', '--quiet']
   assert calls[2] == CREATE_V4_QUEUED
   assert 'STVIT_JAX_INIT=1' in calls[-1][8]  # v4-32: 4 hosts
-  assert '--workdir=gs://my-bucket/deit_s_v4 --config.batch_size=4096\n' in calls[-1][8]
+  assert '--workdir=gs://my-bucket/deit_s_v4 --config.compilation_cache_dir=gs://my-bucket/xla_cache --config.compilation_cache_min_compile_secs=1 --config.batch_size=4096\n' in calls[-1][8]
 
 
 @pytest.mark.parametrize('states, verbs', [
@@ -162,5 +162,5 @@ def test_resume_dry_run(launch):
   assert _verbs(calls) == ['describe', 'delete', 'create', 'gsutil', 'ssh', 'ssh']
   assert calls[2] == CREATE_V5E
   assert 'has finished (exit status 0); nothing to do' in p.stdout  # run.sh --ensure's script
-  assert ('python -m stvit_jax.main --config=configs/deit_s.py --workdir=gs://my-bucket/deit_s '
+  assert ('python -m stvit_jax.main --config=configs/deit_s.py --workdir=gs://my-bucket/deit_s --config.compilation_cache_dir=gs://my-bucket/xla_cache --config.compilation_cache_min_compile_secs=1 '
           '--config.batch_size=4096\n') in p.stdout
