@@ -230,3 +230,19 @@ def test_equalize_lut_is_pils_formula():
   lut = np.asarray(device_color.equalize_lut(jnp.asarray(hist)))[0, 0]
   assert (lut[10], lut[20], lut[30]) == (3 // 6, (3 + 1000) // 6, (3 + 1530) // 6)
   assert lut[30] == 255
+
+
+@pytest.mark.parametrize('count', [0, 1, 4, 9, 20])
+def test_on_rows_applies_fn_exactly_to_the_needed_rows(count):
+  """Chunked gather / scatter == a where over the whole batch, for counts that fill no chunk,
+  one, several and all rows with a ragged last chunk (20 rows, chunks of 8)."""
+  from stvit_jax.data import device_warp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(count)
+  x = jnp.asarray(rng.integers(0, 256, (20, 3, 2, 3), np.uint8))
+  add = jnp.asarray(rng.integers(1, 50, 20), jnp.uint8)
+  need = np.zeros(20, bool)
+  need[rng.permutation(20)[:count]] = True
+  fn = lambda imgs, a: 255 - imgs + a[:, None, None, None]  # noqa: E731
+  got = jax.jit(lambda n: device_warp.on_rows(fn, n, x, add, chunk=8))(jnp.asarray(need))
+  np.testing.assert_array_equal(np.asarray(got),
+                                np.where(need[:, None, None, None], fn(x, add), x))

@@ -11,10 +11,12 @@ Cost: each layer is one per-image LUT gather (AutoContrast, Equalize, Invert,
 Posterize, Solarize, SolarizeAdd), one blend (Color, Contrast, Brightness,
 Sharpness) and one bicubic affine warp (Rotate, Shear, Translate), each image taking
 the identity in the two passes its op is not in; not every op on every image.
-Equalize's histograms, Sharpness's filter and the warp are skipped (lax.cond) for a
-batch where no image needs them.
+Equalize's histograms and AutoContrast's extremes are skipped (lax.cond) for a batch
+where no image needs them; the blend and the warp run only on the images that need
+them, gathered 16 at a time (device_warp.on_rows).
 
-Benchmark (scripts/bench_device_randaugment.py): see its docstring for the figures.
+Benchmark: scripts/bench_device_randaugment.py; on 2 shared CPU cores a jitted (64, 224, 224, 3)
+batch takes ~4.3 ms per image (its docstring has the figures).
 """
 import math
 
@@ -116,8 +118,7 @@ def _blend_pass(images, op, level, sign):
     hit = _is(op, name)
     factor = jnp.where(hit, f, factor)
     kind = jnp.where(hit, degenerate, kind)
-  return jax.lax.cond(jnp.any(_is(op, *BLEND_OPS)),
-                      lambda x: device_color.blend(x, kind, factor), lambda x: x, images)
+  return device_warp.on_rows(device_color.blend, _is(op, *BLEND_OPS), images, kind, factor)
 
 
 def affine_matrix(op, level, sign, height, width, translate_pct):

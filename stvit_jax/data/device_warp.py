@@ -62,10 +62,32 @@ def affine(images, matrix, fill, interpolation='bicubic'):
   return jnp.where(inside[..., None], out, jnp.asarray(fill, jnp.uint8))
 
 
+def on_rows(fn, need, images, *row_args, chunk=16):
+  """fn(images[rows], *(a[rows] for a in row_args)) on the rows where need (B,) is True,
+  the others unchanged; fn must treat rows independently.
+
+  Those rows are gathered `chunk` at a time into a sub-batch (a while loop over
+  ceil(count / chunk) chunks; none when no row needs it), so a pass that one image in
+  six needs costs about one chunk instead of the whole batch.
+  """
+  b = images.shape[0]
+  chunk = min(chunk, b)
+  order = jnp.argsort(~need, stable=True)          # the rows that need fn first
+  count = jnp.sum(need)
+
+  def body(state):
+    start, out = state
+    pos = start + jnp.arange(chunk)
+    rows = order[jnp.minimum(pos, b - 1)]
+    done = fn(out[rows], *(a[rows] for a in row_args))
+    # Positions past the count write nowhere (index b, dropped): no duplicate row writes.
+    return start + chunk, out.at[jnp.where(pos < count, rows, b)].set(done, mode='drop')
+
+  return jax.lax.while_loop(lambda state: state[0] < count, body, (jnp.int32(0), images))[1]
+
+
 def warp_where(images, matrix, warp, fill, interpolation='bicubic'):
-  """`affine` on the images where warp (B,) is True, the others unchanged; no warp at all
-  when no image of the batch needs one (lax.cond: that batch skips the 16 gathers)."""
-  return jax.lax.cond(
-      jnp.any(warp),
-      lambda x: jnp.where(warp[:, None, None, None], affine(x, matrix, fill, interpolation), x),
-      lambda x: x, images)
+  """`affine` on the images where warp (B,) is True (see on_rows), the others unchanged. With
+  timm's DeiT policy about 1 image in 6 warps per layer: a 64-image batch usually costs one
+  chunk of 16, a quarter of warping all 64."""
+  return on_rows(lambda x, m: affine(x, m, fill, interpolation), warp, images, matrix)
