@@ -5,7 +5,9 @@ PIL's convention (libImaging/Geometry.c): output pixel (x, y) reads the input at
 a point outside [0, W) x [0, H) takes the fill colour, one inside is interpolated
 from taps clamped to the image (edge pixels repeat, the fill does not bleed in).
 Bicubic is PIL's transform kernel, a = -1 (Geometry.c's BICUBIC; PIL's resize uses
-a = -0.5; -0.5 here differs from PIL by ~5 grey levels), verified against PIL in tests/test_device_randaugment.py.
+a = -0.5, which here would differ from PIL's transform by ~5 grey levels on average);
+the interpolated value is truncated, as PIL does. Checked against timm's PIL outputs in
+tests/test_device_randaugment.py.
 """
 import jax
 import jax.numpy as jnp
