@@ -161,7 +161,9 @@ def rand_augment(keys, images, policy, hp):
   """timm RandAugment per image: keys (B,) PRNG keys (an image's result depends only on its
   key), images uint8 (B, H, W, 3) -> uint8; policy `augment.Policy`, hp `augment.Hparams`
   (fill = the dataset mean colour, translate_pct, interpolation 'bicubic' as DeiT's).
-  Jit it with policy and hp static (both are frozen dataclasses)."""
+  Jit it with policy and hp static (both are frozen dataclasses). With a batch sharded over
+  devices, call it per shard (shard_map): the row gathers of device_warp.on_rows on a
+  global batch would move images between devices."""
   if images.dtype != jnp.uint8 or images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'images: expected uint8 (B, H, W, 3), got {images.dtype} {images.shape}')
   op, level, sign = sample(keys, policy)
