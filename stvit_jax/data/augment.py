@@ -5,9 +5,10 @@ Each op follows PIL / timm (`timm.data.auto_augment`) on uint8 images:
 `op(image uint8 (H, W, 3), level float32 in [0, 10], seed int (2,), hp) -> uint8`.
 The level -> argument maps and the random sign flips are timm's; all randomness
 is stateless and comes from `seed`, so an image's augmentation depends only on
-its seed. Known differences from timm: geometric ops sample bilinearly (TF's
-projective transform has no bicubic), and pixel centres differ from PIL's by
-half a pixel for shears.
+its seed. The geometric ops sample as PIL's transform does (pixel centres, bicubic
+a = -1, fill outside, edge-clamped taps) with gathers, since TF's projective
+transform has no bicubic; tests/test_device_randaugment.py checks every op against
+timm's PIL outputs.
 """
 import dataclasses
 import math
@@ -33,7 +34,11 @@ RAND_INCREASING_TRANSFORMS = (
 class Hparams:
   fill: tuple = (128, 128, 128)   # timm: img_mean in 0..255
   translate_pct: float = 0.45     # timm default for TranslateXRel / TranslateYRel
-  interpolation: str = 'bilinear'  # geometric ops: 'bilinear' | 'nearest'
+  interpolation: str = 'bicubic'  # geometric ops, one of INTERPOLATIONS; timm passes DeiT's
+                                  # pipeline interpolation (bicubic) to Rotate / Shear / Translate
+
+
+INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest')
 
 
 # ---------------------------------------------------------------- helpers
@@ -74,19 +79,53 @@ def _lut(image, table):
   return tf.cast(tf.gather(tf.reshape(table, [-1]), idx), tf.uint8)
 
 
+def _cubic(t, a=-1.0):
+  """Keys' cubic kernel; PIL's transforms use a = -1 (Geometry.c), its resize a = -0.5."""
+  t = tf.abs(t)
+  near = ((a + 2) * t - (a + 3)) * t * t + 1
+  far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+  return tf.where(t <= 1, near, tf.where(t < 2, far, tf.zeros_like(t)))
+
+
+def _taps(s, interpolation):
+  """[(integer tap, weight)] along one axis for positions s (pixel centres at integers)."""
+  if interpolation == 'nearest':
+    return [(tf.floor(s + 0.5), tf.ones_like(s))]
+  base = tf.floor(s)
+  d = s - base
+  if interpolation == 'bilinear':
+    return [(base, 1 - d), (base + 1, d)]
+  return [(base + k, _cubic(d - k)) for k in (-1.0, 0.0, 1.0, 2.0)]
+
+
 def _affine(image, m, hp):
-  """Output pixel (x, y) samples input (m0 x + m1 y + m2, m3 x + m4 y + m5); fill outside."""
+  """PIL Image.transform(AFFINE, m, resample, fillcolor=hp.fill): output pixel (x, y) reads
+  the input at (m0 x' + m1 y' + m2, m3 x' + m4 y' + m5), x' = x + 0.5, y' = y + 0.5; points
+  outside the image take the fill, inside ones interpolate edge-clamped taps (Geometry.c).
+
+  Sampled here with gathers, as TF's projective transform has no bicubic and puts pixel
+  centres half a pixel from PIL's; same code as data/device_warp.py.
+  """
+  if hp.interpolation not in INTERPOLATIONS:
+    raise ValueError(f'Hparams.interpolation={hp.interpolation!r}: valid values are '
+                     f'{INTERPOLATIONS}')
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  fill = tf.constant(hp.fill, tf.float32)
-  # Sampling weights sum to 1, so transforming (x - fill) with fill 0 and adding fill back
-  # gives every output pixel its inside part plus the (per channel) fill colour for the
-  # rest, edges included: a per-channel fill at the cost of one 3-channel transform.
-  x = (_f32(image) - fill)[None]
-  transform = tf.concat([tf.stack(m), tf.zeros([2])], 0)[None]
-  y = tf.raw_ops.ImageProjectiveTransformV3(
-      images=x, transforms=tf.cast(transform, tf.float32), output_shape=tf.stack([h, w]),
-      fill_value=0.0, interpolation=hp.interpolation.upper(), fill_mode='CONSTANT')[0]
-  return _u8(tf.round(y + fill))
+  ys, xs = tf.meshgrid(tf.range(tf.cast(h, tf.float32)) + 0.5,
+                       tf.range(tf.cast(w, tf.float32)) + 0.5, indexing='ij')
+  m = [tf.cast(v, tf.float32) for v in m]
+  x_in = m[0] * xs + m[1] * ys + m[2]
+  y_in = m[3] * xs + m[4] * ys + m[5]
+  inside = ((x_in >= 0) & (x_in < tf.cast(w, tf.float32))
+            & (y_in >= 0) & (y_in < tf.cast(h, tf.float32)))
+  flat = tf.reshape(_f32(image), [-1, 3])
+  out = tf.zeros([h, w, 3])
+  for row, wy in _taps(y_in - 0.5, hp.interpolation):
+    row = tf.clip_by_value(tf.cast(row, tf.int32), 0, h - 1) * w
+    for col, wx in _taps(x_in - 0.5, hp.interpolation):
+      idx = row + tf.clip_by_value(tf.cast(col, tf.int32), 0, w - 1)
+      out += (wy * wx)[..., None] * tf.gather(flat, idx)
+  out = _u8(tf.floor(out))  # PIL clips and truncates the interpolated value
+  return tf.where(inside[..., None], out, tf.constant(hp.fill, tf.uint8))
 
 
 # ---------------------------------------------------------------- pixel ops
@@ -210,7 +249,7 @@ def rotate(image, level, seed, hp):
   """PIL Image.rotate about the centre; positive angles turn counter-clockwise."""
   theta = _negate(level / LEVEL_MAX * 30.0, seed) * (math.pi / 180.0)
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  cx, cy = (tf.cast(w, tf.float32) - 1) / 2, (tf.cast(h, tf.float32) - 1) / 2
+  cx, cy = tf.cast(w, tf.float32) / 2, tf.cast(h, tf.float32) / 2  # PIL: about (W / 2, H / 2)
   c, s = tf.cos(theta), tf.sin(theta)
   return _affine(image, [c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy], hp)
 
