@@ -168,7 +168,7 @@ def test_report_arithmetic(monkeypatch):
                    cost_analysis=lambda: [{'flops': 2.5e9}])  # one chip's program
   step = _Fake(lower=lambda state, batch: _Fake(compile=lambda: compiled))
   state = {'params': {'w': np.zeros((3, 4)), 'b': np.zeros(5)}, 'step': np.zeros(())}
-  monkeypatch.setattr(aot, 'tpu_devices', lambda t: [
+  monkeypatch.setattr(aot, 'tpu_devices', lambda t, n=1: [
       _Fake(device_kind='TPU v5 lite', process_index=i // 4) for i in range(t.num_chips)])
   monkeypatch.setattr(aot.sharding, 'make_mesh',
                       lambda config, devices: _Fake(shape={'data': len(devices), 'fsdp': 1}))
