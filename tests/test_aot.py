@@ -217,7 +217,8 @@ def test_two_slice_report_arithmetic(monkeypatch):
   assert r['flops_per_step'] == 32 * 7.88e12
   text = aot.format_report(r)
   assert '2 x v5e:4x4 = 2 x v5litepod-16' in text and '32 chips on 8 hosts, 2 slices' in text
-  assert 'DCN/step     0.1 MiB sent per slice (all-reduce x1, collective-permute x1' in text
+  assert ('DCN/step     0.1 MiB sent per slice (all-reduce x1, collective-permute x1 cross '
+          'slices; the HLO has 2 DCN sends, 1 collectives)') in text
   assert '= 0.0 ms at 400 Gbit/s per slice (16 chips x 25 Gbit/s' in text
   assert 'compute/step 100.0 ms at 40% MFU' in text and 'on the 2 slices' in text
   with pytest.raises(ValueError, match=r'--num_slices=0: expected a whole number >= 1'):

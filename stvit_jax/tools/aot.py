@@ -245,8 +245,8 @@ def compile_train_step(config, topology, num_slices=1):
 def _dcn_lines(r):
   d = r['dcn']
   kinds = ', '.join(f'{k} x{c}' for k, (c, _) in d['by_kind'].items()) or 'none'
-  sent = (f"DCN/step     {_bytes(d['bytes_per_slice'])} sent per slice ({kinds} of the "
-          f"{d['collectives']} collectives span slices)")
+  sent = (f"DCN/step     {_bytes(d['bytes_per_slice'])} sent per slice ({kinds} cross "
+          f"slices; the HLO has {d.get('dcn_sends', 0)} DCN sends, {d['collectives']} collectives)")
   compute = (f"compute/step {1e3 * r['compute_s']:.1f} ms at {100 * MFU:.0f}% MFU "
              f"({_flops(r['flops_per_chip'])} per chip)")
   if r.get('dcn_gbps_per_slice') is None:

@@ -40,7 +40,12 @@ the "megascale" runtime, run by every chip of the slice on its own shard S:
       _xla_megascale_target={{100000->200002},...}   S per pair leaving the slice
 
 so a slice sends 2 (k-1)/k S x (its chips in the target) for an ALL_REDUCE
-((k-1)/k for ALL_GATHER / REDUCE_SCATTER), S x (its pairs) for a ONE_TO_ONE.
+((k-1)/k for ALL_GATHER / REDUCE_SCATTER), S x (its pairs) for a ONE_TO_ONE: each chip's
+buffer exchanged with its counterparts in the other slices, bandwidth-optimally. How the
+megascale runtime itself routes a transfer over hosts is not in the HLO and not counted.
+(On v5e, data parallel over a 'data' axis of dcn_data x data, libtpu 0.0.42 reduce-scatters
+a gradient over 4 chips on ICI and sends each chip's quarter: S is 1/4 of a gradient, so a
+slice sends chips/4 x 2 (k-1)/k x the gradient's bytes, not 2 (k-1)/k x once.)
 """
 from __future__ import annotations
 
