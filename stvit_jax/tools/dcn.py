@@ -43,9 +43,8 @@ so a slice sends 2 (k-1)/k S x (its chips in the target) for an ALL_REDUCE
 ((k-1)/k for ALL_GATHER / REDUCE_SCATTER), S x (its pairs) for a ONE_TO_ONE: each chip's
 buffer exchanged with its counterparts in the other slices, bandwidth-optimally. How the
 megascale runtime itself routes a transfer over hosts is not in the HLO and not counted.
-(On v5e, data parallel over a 'data' axis of dcn_data x data, libtpu 0.0.42 reduce-scatters
-a gradient over 4 chips on ICI and sends each chip's quarter: S is 1/4 of a gradient, so a
-slice sends chips/4 x 2 (k-1)/k x the gradient's bytes, not 2 (k-1)/k x once.)
+(How much of a gradient S is depends on libtpu's split of the all-reduce between ICI and
+DCN: on v5e data parallel, about a quarter of DeiT-S's gradient per chip with libtpu 0.0.42.)
 """
 from __future__ import annotations
 
