@@ -168,7 +168,7 @@ def test_report_arithmetic(monkeypatch):
                    cost_analysis=lambda: [{'flops': 2.5e9}])  # one chip's program
   step = _Fake(lower=lambda state, batch: _Fake(compile=lambda: compiled))
   state = {'params': {'w': np.zeros((3, 4)), 'b': np.zeros(5)}, 'step': np.zeros(())}
-  monkeypatch.setattr(aot, 'tpu_devices', lambda t: [
+  monkeypatch.setattr(aot, 'tpu_devices', lambda t, n=1: [
       _Fake(device_kind='TPU v5 lite', process_index=i // 4) for i in range(t.num_chips)])
   monkeypatch.setattr(aot.sharding, 'make_mesh',
                       lambda config, devices: _Fake(shape={'data': len(devices), 'fsdp': 1}))
@@ -182,3 +182,51 @@ def test_report_arithmetic(monkeypatch):
   assert not aot.compile_train_step(tiny_config(), 'v5e:4x4')['fits']
   mem['temp_size_in_bytes'] -= 1  # exactly 16 GiB fits
   assert aot.compile_train_step(tiny_config(), 'v5e:4x4')['fits']
+
+
+def test_two_slice_report_arithmetic(monkeypatch):
+  """--num_slices=2: DCN bytes from the compiled HLO, seconds at 16 chips x 25 Gbit/s per
+  v5e-16 slice, compute seconds at 40% of 197 TFLOP/s; numbers worked by hand."""
+  from test_dcn import MEGASCALE  # pylint: disable=g-import-not-at-top
+  mem = dict(argument_size_in_bytes=1000, output_size_in_bytes=600, alias_size_in_bytes=400,
+             temp_size_in_bytes=3000, generated_code_size_in_bytes=50)
+  compiled = _Fake(memory_analysis=lambda: _Fake(**mem), as_text=lambda: MEGASCALE,
+                   cost_analysis=lambda: [{'flops': 7.88e12}])
+  step = _Fake(lower=lambda state, batch: _Fake(compile=lambda: compiled))
+  seen = {}
+
+  def devices(t, n=1):
+    seen['slices'] = n
+    return [_Fake(device_kind='TPU v5 lite', process_index=i // 4, slice_index=i // 16)
+            for i in range(t.num_chips * n)]
+
+  def mesh(config, devices):
+    seen['dcn_data'] = config.mesh.dcn_data
+    return _Fake(shape={'data': len(devices), 'fsdp': 1},
+                 devices=np.asarray(devices, dtype=object))
+  monkeypatch.setattr(aot, 'tpu_devices', devices)
+  monkeypatch.setattr(aot.sharding, 'make_mesh', mesh)
+  monkeypatch.setattr(aot, 'build_train_step', lambda config, mesh: (step, {'params': {}}, {}))
+  r = aot.compile_train_step(tiny_config(), 'v5e:4x4', num_slices=2)
+  assert seen == {'slices': 2, 'dcn_data': 2} and (r['chips'], r['hosts']) == (32, 8)
+  # MEGASCALE: 4 x 8192 (all-reduce) + 4 x 24576 (one-to-one) = 131072 bytes per slice
+  assert r['dcn']['bytes_per_slice'] == 131072
+  assert r['dcn_gbps_per_slice'] == 400  # 16 chips x 25 Gbit/s
+  assert r['dcn_s'] == pytest.approx(131072 * 8 / 400e9)  # 2.62 us
+  assert r['compute_s'] == pytest.approx(0.1)  # 7.88 TFLOP / (0.4 x 197 TFLOP/s)
+  assert r['flops_per_step'] == 32 * 7.88e12
+  text = aot.format_report(r)
+  assert '2 x v5e:4x4 = 2 x v5litepod-16' in text and '32 chips on 8 hosts, 2 slices' in text
+  assert ('DCN/step     0.1 MiB sent per slice (all-reduce x1, collective-permute x1 cross '
+          'slices; the HLO has 2 DCN sends, 1 collectives)') in text
+  assert '= 0.0 ms at 400 Gbit/s per slice (16 chips x 25 Gbit/s' in text
+  assert 'compute/step 100.0 ms at 40% MFU' in text and 'on the 2 slices' in text
+  with pytest.raises(ValueError, match=r'--num_slices=0: expected a whole number >= 1'):
+    aot.compile_train_step(tiny_config(), 'v5e:4x4', num_slices=0)
+
+
+def test_bad_num_slices_is_one_line_and_exit_2(capsys):
+  assert aot.run(['aot', '--config=configs/deit_s.py', '--topology=v5e:4x4',
+                  '--num_slices=0']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and '--num_slices=0: expected a whole number >= 1' in err[0], err

@@ -216,3 +216,91 @@ def test_two_slices_match_one_process(data_dir, tmp_path):
   c = final_state(resumed)
   for k in b:
     np.testing.assert_array_equal(b[k], c[k], err_msg=k)
+
+
+class _Mesh:
+  axis_names = sharding.AXES
+  shape = {'data': 2, 'fsdp': 4}
+
+
+def test_a_sharding_rule_over_the_slice_spanning_axis_is_refused():
+  with pytest.raises(ValueError, match=r"config.sharding_rules: rule 'data' would shard "
+                                       r"parameters over the mesh axis 'data', which spans the "
+                                       r"slices .* valid rules: 'fsdp' \(within a slice\), "
+                                       r"'replicate'"):
+    sharding.spec_for((8, 4), 'data', _Mesh())
+  with pytest.raises(ValueError, match=r"config.sharding_rules: rule 'model' is not one of"):
+    sharding.spec_for((8, 4), 'model', _Mesh())
+  assert sharding.spec_for((8, 4), 'fsdp', _Mesh()) == sharding.P('fsdp', None)
+
+
+def test_an_fsdp_group_across_slices_is_refused():
+  devices = fake(2, 4)
+  groups = sharding.slices(cfg(dcn_data=2), devices)
+  across = np.asarray(devices, dtype=object).reshape(4, 2).T  # rows: [0, 2, 4, 6], [1, 3, 5, 7]
+  with pytest.raises(ValueError, match=r'config.mesh.fsdp=4: an fsdp group spans slices '
+                                       r'\[0, 1\]; config.mesh.fsdp must divide the 4'):
+    sharding._check_fsdp_in_slice(across, groups)  # pylint: disable=protected-access
+  good = np.asarray(devices, dtype=object).reshape(2, 4)
+  assert sharding._check_fsdp_in_slice(good, groups) is good  # pylint: disable=protected-access
+
+
+# libtpu's compile-only devices of 2 x v5e-16 (4x4 chips each; coords per slice): the
+# mesh for each fsdp size, as rows of (slice_index, x, y).
+TOPOLOGY_SCRIPT = textwrap.dedent('''
+    import json, sys
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    import ml_collections
+    from stvit_jax.runtime import sharding
+    from stvit_jax.tools import aot
+    out = {}
+    for slices in (1, 2):
+      devices = aot.tpu_devices(aot.parse_topology('v5e:4x4'), slices)
+      for fsdp in (2, 4, 8, 16):
+        config = ml_collections.ConfigDict({'mesh': {'data': -1, 'fsdp': fsdp,
+                                                     'dcn_data': slices}})
+        grid = sharding.device_grid(config, devices)
+        out[f'{slices}x{fsdp}'] = [[(getattr(d, 'slice_index', 0), *d.coords[:2]) for d in row]
+                                   for row in grid]
+    print(json.dumps(out))
+''')
+
+
+def _connected(chips):
+  """Whether the chips' (x, y) coords form one piece under nearest-neighbour links."""
+  left, seen = set(chips), set()
+  todo = [chips[0]]
+  while todo:
+    x, y = todo.pop()
+    if (x, y) in seen:
+      continue
+    seen.add((x, y))
+    todo += [c for c in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)) if c in left]
+  return seen == left
+
+
+@pytest.mark.slow
+def test_fsdp_groups_are_neighbouring_chips_of_one_slice_on_v5e():
+  from test_aot import libtpu_requirement  # pylint: disable=g-import-not-at-top
+  req = libtpu_requirement()
+  target = os.environ.get('STVIT_JAX_LIBTPU_DIR') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'stvit_jax', req.replace('==', '-').replace('*', 'x'))
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('libtpu') is None and not os.path.isdir(
+      os.path.join(target, 'libtpu')):
+    pytest.skip(f'libtpu ({req}) is not installed: `bash .ci/run` puts it in {target}')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  done = subprocess.run([sys.executable, '-c', TOPOLOGY_SCRIPT, target, ROOT], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  import json  # pylint: disable=g-import-not-at-top
+  grids = json.loads(done.stdout.strip().splitlines()[-1])
+  for name, rows in grids.items():
+    slices, fsdp = map(int, name.split('x'))
+    assert len(rows) == 16 * slices // fsdp and all(len(r) == fsdp for r in rows), name
+    for row in rows:
+      assert len({s for s, _, _ in row}) == 1, (name, row)  # never across slices
+      chips = [(x, y) for _, x, y in row]
+      assert len(set(chips)) == fsdp and _connected(chips), (name, row)  # neighbours
+    # slice-major: the first half of the rows is slice 0, the second slice 1
+    assert [r[0][0] for r in rows] == sorted(r[0][0] for r in rows), name

@@ -17,3 +17,29 @@ def test_changed_and_harmless_fields():
   old = {**saved_config(), 'log_every_steps': 1}
   new = {**saved_config(), 'log_every_steps': 5, 'batch_size': 16}
   assert runconfig.changes(old, new) == [('batch_size', 8, 16)]
+
+
+def with_mesh(**mesh):
+  return {**saved_config(), 'mesh': {'data': -1, 'fsdp': 1, **mesh}}
+
+
+def test_batch_norm_grouping_changes_are_refused_other_mesh_changes_are_not():
+  one = with_mesh(dcn_data=1, batch_norm='slice')
+  # per-slice statistics over 2 slices instead of 1: BatchNorm statistics change
+  assert runconfig.changes(one, with_mesh(dcn_data=2, batch_norm='slice')) == [
+      ('mesh.dcn_data', 1, 2)]
+  two = with_mesh(dcn_data=2, batch_norm='slice')
+  assert runconfig.changes(two, with_mesh(dcn_data=2, batch_norm='global')) == [
+      ('mesh.batch_norm', 'slice', 'global')]
+  # whole-batch statistics stay whole-batch on any number of slices; one slice is 'global'
+  assert runconfig.changes(with_mesh(dcn_data=1, batch_norm='global'),
+                           with_mesh(dcn_data=4, batch_norm='global')) == []
+  assert runconfig.changes(one, with_mesh(dcn_data=1, batch_norm='global')) == []
+  assert runconfig.changes(one, with_mesh(dcn_data=1, data=2, fsdp=4)) == []  # layout only
+  # a checkpoint from before multi-slice ran as dcn_data=1, 'slice'
+  assert runconfig.changes(with_mesh(), one) == []
+  assert runconfig.changes(with_mesh(), two) == [('mesh.dcn_data', 1, 2)]
+  _, refusal = runconfig.check_resume(one, two, 'at step 3')
+  assert 'mesh.dcn_data 1 -> 2' in refusal and 'resume_allow_changes=mesh.dcn_data' in refusal
+  assert runconfig.check_resume(one, {**two, 'resume_allow_changes': 'mesh.dcn_data'},
+                              'at step 3')[1] is None

@@ -108,14 +108,27 @@ def device_grid(config, devices):
     return mesh_utils.create_device_mesh((data, fsdp), devices, allow_split_physical_axes=True)
   attr, granules = _granules(devices)
   if len(granules) == n:
-    return mesh_utils.create_hybrid_device_mesh((data // n, fsdp), (n, 1), devices,
-                                                process_is_granule=attr == 'process_index',
-                                                allow_split_physical_axes=True)
+    return _check_fsdp_in_slice(
+        mesh_utils.create_hybrid_device_mesh((data // n, fsdp), (n, 1), devices,
+                                             process_is_granule=attr == 'process_index',
+                                             allow_split_physical_axes=True), groups)
   # Several processes per slice (CPU, GPU): create_hybrid_device_mesh's stacking of
   # per-slice meshes, over our groups of processes.
-  return np.concatenate([mesh_utils.create_device_mesh((data // n, fsdp), g,
+  return _check_fsdp_in_slice(np.concatenate([mesh_utils.create_device_mesh((data // n, fsdp), g,
                                                        allow_split_physical_axes=True)
-                         for g in groups])
+                         for g in groups]), groups)
+
+
+def _check_fsdp_in_slice(grid, groups):
+  """Parameters are sharded over 'fsdp' (the grid's rows): no row may leave its slice,
+  or every step would gather parameters over DCN."""
+  where = {id(d): i for i, g in enumerate(groups) for d in g}
+  for row in grid:
+    if len({where[id(d)] for d in row}) > 1:
+      raise ValueError(f'config.mesh.fsdp={len(row)}: an fsdp group spans slices '
+                       f'{sorted({where[id(d)] for d in row})}; config.mesh.fsdp must divide '
+                       f'the {len(groups[0])} devices of a slice')
+  return grid
 
 
 def make_mesh(config, devices=None):
@@ -135,8 +148,13 @@ def spec_for(shape, rule, mesh):
   """PartitionSpec for one array under `rule` ('fsdp' | 'replicate')."""
   if rule == 'replicate':
     return P()
+  if rule in mesh.axis_names and rule != 'fsdp':  # 'data': dcn_data x data, across slices
+    raise ValueError(f'config.sharding_rules: rule {rule!r} would shard parameters over the '
+                     f"mesh axis {rule!r}, which spans the slices (config.mesh.dcn_data) and "
+                     "carries only the batch: every step would gather parameters over DCN; "
+                     "valid rules: 'fsdp' (within a slice), 'replicate'")
   if rule != 'fsdp':
-    raise ValueError(f"sharding rule {rule!r} is not one of 'fsdp', 'replicate'")
+    raise ValueError(f"config.sharding_rules: rule {rule!r} is not one of 'fsdp', 'replicate'")
   size = mesh.shape['fsdp']
   if size == 1:
     return P()

@@ -8,6 +8,7 @@ devices of the named topology; the host itself stays on CPU.
   python -m stvit_jax.tools.aot --config=configs/deit_s.py --topology=v5e:16x16
   python -m stvit_jax.tools.aot --config=configs/swin_s.py --topology=v4:2x2x4 \
       --config.batch_size=1024 --config.model.dtype=bfloat16
+  python -m stvit_jax.tools.aot --config=configs/deit_s.py --topology=v5e:16x16 --num_slices=2
 
 --topology is `<generation>:<chips per axis>` as libtpu names slices:
 v5e:4x4 = v5e-16, v5e:16x16 = v5e-256, v6e:2x2 = v6e-4, v4:2x2x4 = v4-32,
@@ -16,6 +17,13 @@ here is one chip). It prints the mesh, the per-chip memory of the compiled
 step from `memory_analysis()` against the chip's HBM, and the FLOPs per step
 from `cost_analysis()`. A step that does not fit fails to compile: the report
 then says so, with the sizes XLA gives.
+
+--num_slices=N compiles for N such slices joined by the data-center network (DCN), with
+config.mesh.dcn_data=N (libtpu's multi-slice topology; MaxText's compile_topology_num_slices),
+and adds the bytes one step sends over DCN per slice, from the compiled HLO's collectives
+whose groups span slices (`dcn.py` states the formulas), the seconds that takes at the
+slice's documented DCN bandwidth (Chip.dcn_gbps per chip x its chips), and the step's
+compute seconds at 40% MFU (Chip.peak_tflops).
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import numpy as np
 from stvit_jax import cli, configs
 from stvit_jax.runtime import compile_cache, sharding
 from stvit_jax.data import pipeline
+from stvit_jax.tools import dcn
 from stvit_jax.train import functional, trainer
 
 INSTALL = ("pip install 'stvit_jax[tpu]'  (or pip install 'libtpu==0.0.42.*', the libtpu "
@@ -49,13 +58,21 @@ class Chip:
   megacore: bool        # two TensorCores act as one device
   gcp_prefix: str       # Cloud TPU accelerator type = prefix + count
   cores_per_chip: int   # in the accelerator type's count
+  peak_tflops: float    # bf16 peak per chip, Google Cloud's TPU pages
+  dcn_gbps: float | None  # DCN bandwidth per chip, Gbit/s (see DCN_SOURCE)
 
+
+# v5e: 'Data center network bandwidth per Pod 6.4 Tbps' / 256 chips = 25 Gbps per chip,
+# the same as its 'Per-host NIC configuration 2 x 100 Gbps NIC' / 8 chips per host;
+# v6e: 25.6 Tbps per Pod / 256 = 100 Gbps; v5p: 'DCN bandwidth per chip 50 Gbps'; v4: none given.
+DCN_SOURCE = 'Google Cloud TPU docs (tpu/docs/v5e, v6e, v5p): DCN bandwidth per Pod / chips'
+MFU = 0.4
 
 CHIPS = {
-    'v4': Chip('v4', 32, 3, True, 'v4-', 2),
-    'v5e': Chip('v5e', 16, 2, False, 'v5litepod-', 1),
-    'v5p': Chip('v5p', 95, 3, True, 'v5p-', 2),
-    'v6e': Chip('v6e', 32, 2, False, 'v6e-', 1),
+    'v4': Chip('v4', 32, 3, True, 'v4-', 2, 275, None),
+    'v5e': Chip('v5e', 16, 2, False, 'v5litepod-', 1, 197, 25),
+    'v5p': Chip('v5p', 95, 3, True, 'v5p-', 2, 459, 50),
+    'v6e': Chip('v6e', 32, 2, False, 'v6e-', 1, 918, 100),
 }
 
 
@@ -123,8 +140,9 @@ def use_cpu_host():
                      'CPU; unset JAX_PLATFORMS or set it to cpu')
 
 
-def tpu_devices(topology):
-  """Compile-only devices of the slice (one per chip), from libtpu."""
+def tpu_devices(topology, num_slices=1):
+  """Compile-only devices of `num_slices` slices (one per chip; their slice_index says
+  which), from libtpu."""
   require_libtpu()
   use_cpu_host()
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
@@ -138,11 +156,11 @@ def tpu_devices(topology):
   desc = topologies.get_topology_desc(
       topology_name=f'{topology.chip.libtpu_name}:{"x".join(map(str, topology.shape))}',
       platform='tpu', chip_config_name='megacore' if topology.chip.megacore else 'default',
-      chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=topology.wrap)
+      chips_per_host_bounds=(2, 2, 1), num_slices=num_slices, wrap=topology.wrap)
   devices = list(desc.devices)
-  if len(devices) != topology.num_chips:
-    raise RuntimeError(f'libtpu made {len(devices)} devices for {topology.name}; expected one '
-                       f'per chip ({topology.num_chips})')
+  if len(devices) != topology.num_chips * num_slices:
+    raise RuntimeError(f'libtpu made {len(devices)} devices for {num_slices} x {topology.name}; '
+                       f'expected one per chip ({topology.num_chips * num_slices})')
   return devices
 
 
@@ -161,19 +179,25 @@ def build_train_step(config, mesh):
   return built.train_step, built.abstract, built.batch_spec
 
 
-def compile_train_step(config, topology):
-  """Compiles `config`'s train step for `topology` ('v5e:4x4' or a Topology) -> report dict.
+def compile_train_step(config, topology, num_slices=1):
+  """Compiles `config`'s train step for `num_slices` x `topology` ('v5e:4x4' or a
+  Topology) -> report dict; several slices set config.mesh.dcn_data=num_slices.
 
   The report has 'fits' False (and 'error') when XLA cannot fit the step in HBM.
   """
   topology = parse_topology(topology) if isinstance(topology, str) else topology
-  devices = tpu_devices(topology)
+  if not isinstance(num_slices, int) or num_slices < 1:
+    raise ValueError(f'--num_slices={num_slices!r}: expected a whole number >= 1')
+  if num_slices > 1:
+    config = config.copy_and_resolve_references()
+    config.mesh.dcn_data = num_slices
+  devices = tpu_devices(topology, num_slices)
   mesh = sharding.make_mesh(config, devices=devices)
   step, state, batch = build_train_step(config, mesh)
   params = state['params']
   report = {
       'topology': topology.name, 'accelerator_type': topology.accelerator_type,
-      'device_kind': devices[0].device_kind, 'chips': topology.num_chips,
+      'device_kind': devices[0].device_kind, 'chips': len(devices), 'slices': num_slices,
       'hosts': len({d.process_index for d in devices}), 'mesh': dict(mesh.shape),
       'model': config.model.name, 'dtype': config.model.dtype,
       'params': sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
@@ -201,10 +225,35 @@ def compile_train_step(config, topology):
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', float('nan')))  # of one device's partitioned program
   report.update(memory=memory, fits=memory['total'] <= topology.chip.hbm_gib * GIB,
-                flops_per_chip=flops, flops_per_step=flops * topology.num_chips,
+                flops_per_chip=flops, flops_per_step=flops * len(devices),
                 # XLA's cost analysis counts a while loop's body once, not per trip
                 flops_lower_bound=bool(config.model.get('scan_layers', False)))
+  report['compute_s'] = flops / (MFU * topology.chip.peak_tflops * 1e12)
+  if num_slices > 1:  # ids in the HLO: positions in the device assignment, the mesh's order
+    hlo = compiled.as_text()
+    if os.environ.get('STVIT_JAX_AOT_HLO'):  # where to keep the optimized HLO, to read
+      with open(os.environ['STVIT_JAX_AOT_HLO'], 'w') as f:
+        f.write(hlo)
+    found = dcn.dcn_report(hlo, [d.slice_index for d in mesh.devices.flat])
+    gbps = topology.chip.dcn_gbps
+    report.update(dcn=found, dcn_gbps_per_chip=gbps,
+                  dcn_gbps_per_slice=gbps and gbps * topology.num_chips,
+                  dcn_s=gbps and found['bytes_per_slice'] * 8 / (gbps * 1e9 * topology.num_chips))
   return report
+
+
+def _dcn_lines(r):
+  d = r['dcn']
+  kinds = ', '.join(f'{k} x{c}' for k, (c, _) in d['by_kind'].items()) or 'none'
+  sent = (f"DCN/step     {_bytes(d['bytes_per_slice'])} sent per slice ({kinds} cross "
+          f"slices; the HLO has {d.get('dcn_sends', 0)} DCN sends, {d['collectives']} collectives)")
+  compute = (f"compute/step {1e3 * r['compute_s']:.1f} ms at {100 * MFU:.0f}% MFU "
+             f"({_flops(r['flops_per_chip'])} per chip)")
+  if r.get('dcn_gbps_per_slice') is None:
+    return [sent + ': no documented DCN bandwidth for this chip', compute]
+  return [sent, f"             = {1e3 * r['dcn_s']:.1f} ms at {r['dcn_gbps_per_slice']:g} Gbit/s "
+          f"per slice ({r['chips'] // r['slices']} chips x {r['dcn_gbps_per_chip']:g} Gbit/s, "
+          f"{DCN_SOURCE})", compute]
 
 
 def _bytes(b):
@@ -225,9 +274,12 @@ TRY = ('             try a larger slice, config.mesh.fsdp > 1 (shards params and
 
 def format_report(r):
   mesh = ' x '.join(f'{k}={v}' for k, v in r['mesh'].items())
+  n = r.get('slices', 1)
+  times = f'{n} x ' if n > 1 else ''
   lines = [
-      f"topology     {r['topology']} = {r['accelerator_type']} ({r['device_kind']}): "
-      f"{r['chips']} chips on {r['hosts']} host{'s' * (r['hosts'] > 1)}",
+      f"topology     {times}{r['topology']} = {times}{r['accelerator_type']} ({r['device_kind']}): "
+      f"{r['chips']} chips on {r['hosts']} host{'s' * (r['hosts'] > 1)}"
+      + (f', {n} slices joined by DCN' if n > 1 else ''),
       f'mesh         {mesh}',
       f"model        {r['model']} ({r['params']:,} params), compute {r['dtype']}",
       f"global batch {r['batch_size']} ({r['batch_size'] // r['chips']} per chip), "
@@ -246,10 +298,11 @@ def format_report(r):
       f"({100 * m['total'] / (r['hbm_gib'] * GIB):.0f}%): "
       f"{'fits' if r['fits'] else 'DOES NOT FIT'}",
       f"FLOPs/step   {_flops(r['flops_per_chip'])} per chip, "
-      f"{_flops(r['flops_per_step'])} on the slice "
+      f"{_flops(r['flops_per_step'])} on the {'slice' if n == 1 else f'{n} slices'} "
       f"({_flops(r['flops_per_step'] / r['batch_size'])} per {r['example']})"
       + (': a lower bound, XLA counts a scanned block once (scan_layers)'
          if r.get('flops_lower_bound') else ''),
+  ] + (_dcn_lines(r) if n > 1 else []) + [
       f"compiled in  {r['compile_s']:.1f} s",
   ] + ([] if r['fits'] else [TRY])
   return '\n'.join(lines)
@@ -260,6 +313,8 @@ def format_report(r):
 FLAGS = flags.FLAGS
 flags.DEFINE_string('topology', None, 'TPU slice, e.g. v5e:4x4 (v5e-16), v5e:16x16 (v5e-256), '
                     'v6e:2x2, v4:2x2x4 (v4-32), v5p:2x2x1 (v5p-8).')
+flags.DEFINE_integer('num_slices', 1, 'Number of such slices joined by DCN (multi-slice); '
+                     'sets config.mesh.dcn_data.')
 cli.define_config_flag()
 
 
@@ -270,12 +325,15 @@ def main(argv):
   compile_cache.enable(FLAGS.config.get('compilation_cache_dir'),
                        FLAGS.config.get('compilation_cache_min_compile_secs',
                                         compile_cache.DEFAULT_MIN_COMPILE_SECS))
+  if FLAGS.num_slices < 1:
+    raise cli.UserError(f'--num_slices={FLAGS.num_slices}: expected a whole number >= 1 '
+                        '(the number of slices joined by DCN)')
   try:
     topology = parse_topology(FLAGS.topology)
     require_libtpu()
   except (ValueError, ImportError) as e:
     raise SystemExit(f'error: {e}') from None
-  report = compile_train_step(FLAGS.config, topology)
+  report = compile_train_step(FLAGS.config, topology, FLAGS.num_slices)
   print(format_report(report), flush=True)
   if not report['fits']:
     sys.exit(2)

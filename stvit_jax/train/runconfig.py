@@ -4,7 +4,11 @@ A run saves its config as WORKDIR/config.json and in every checkpoint's
 metadata. Resuming compares the checkpoint's config with the current one:
 exact resume (the same batches, random numbers and updates as an
 uninterrupted run) survives only changes of the fields in HARMLESS (when to
-log, evaluate and save; where the data lives; the device layout). Any other
+log, evaluate and save; where the data lives; the device layout, except how
+BatchNorm statistics are grouped: config.mesh.dcn_data and config.mesh.batch_norm
+decide which examples each BatchNorm layer's training statistics average over, so a
+change of the slice count with batch_norm='slice', or of batch_norm with several
+slices, changes them and is refused like the rest). Any other
 change -- batch size, seed, data, augmentation, model, optimizer, schedule --
 is an error naming the fields, unless `config.resume_allow_changes` lists them
 ('batch_size,seed', or 'all') to make the change deliberately.
@@ -39,7 +43,20 @@ def flatten(tree, prefix=''):
   return out
 
 
+# The mesh fields that change BatchNorm statistics (their groups: BN_GROUPS).
+BN_FIELDS = ('mesh.dcn_data', 'mesh.batch_norm')
+
+
+def _bn_groups(flat):
+  """How many groups BatchNorm statistics are taken over: the slices for 'slice', one
+  for 'global' (and for one slice either way)."""
+  slices = flat.get('mesh.dcn_data', 1)
+  return 1 if flat.get('mesh.batch_norm', 'slice') == 'global' or slices == 1 else slices
+
+
 def _harmless(field):
+  if field in BN_FIELDS:
+    return False
   return any(field == h or (h.endswith('.') and field.startswith(h)) for h in HARMLESS)
 
 
@@ -47,7 +64,8 @@ def _added_later():
   """{field: value}: fields newer than some checkpoints, with the value that older code
   ran as. A checkpoint without the field ran as that value: resuming at it is no change."""
   from stvit_jax.models import execution  # pylint: disable=g-import-not-at-top
-  return {f'model.{k}': v for k, v in execution.DEFAULTS.items()}
+  return {**{f'model.{k}': v for k, v in execution.DEFAULTS.items()},
+          'mesh.dcn_data': 1, 'mesh.batch_norm': 'slice'}
 
 
 def changes(saved, current):
@@ -55,8 +73,10 @@ def changes(saved, current):
   a, b = flatten(saved), flatten(current)
   missing = object()
   a = {**{k: v for k, v in _added_later().items() if k in b}, **a}
+  same_bn = _bn_groups(a) == _bn_groups(b)
   return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-          if a.get(k, missing) != b.get(k, missing) and not _harmless(k)]
+          if a.get(k, missing) != b.get(k, missing) and not _harmless(k)
+          and not (k in BN_FIELDS and same_bn)]
 
 
 def check_resume(saved, current, where):
